@@ -1,0 +1,693 @@
+//! The three custom resources: `EventStore`, `Node` and `Listener` (group `causeway.dev`, `v1alpha1`).
+//!
+//! Doc comments on fields become the `kubectl explain` text, so they are written for users.
+//! Defaults live in the `default_*` functions below and appear in the CRD schema.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{
+    names::{DnsLabel, Subject, SubjectPattern, TypePattern},
+    quantity::{ByteSize, Duration},
+};
+
+/// API group of every Causeway resource.
+pub const GROUP: &str = "causeway.dev";
+/// API version of every Causeway resource.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "causeway.dev/v1alpha1";
+
+const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63";
+const NAME_MESSAGE: &str =
+    "metadata.name must be a DNS-1123 label: at most 63 lower-case letters, digits and '-'";
+
+// ---------------------------------------------------------------------------------------------
+// Shared spec pieces
+// ---------------------------------------------------------------------------------------------
+
+/// Where JetStream keeps a stream's data.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageType {
+    /// On disk (survives restarts).
+    #[default]
+    File,
+    /// In memory (lost when the server restarts).
+    Memory,
+}
+
+/// How many copies of a stream the NATS cluster keeps: 1, 3 or 5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicas(u8);
+
+impl Replicas {
+    /// The replica count.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+    /// A replica count; `None` unless 1, 3 or 5.
+    pub fn new(n: u8) -> Option<Self> {
+        matches!(n, 1 | 3 | 5).then_some(Self(n))
+    }
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Self(1)
+    }
+}
+
+impl Serialize for Replicas {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        u8::try_from(n)
+            .ok()
+            .and_then(Replicas::new)
+            .ok_or_else(|| serde::de::Error::custom(format!("replicas must be 1, 3 or 5, not {n}")))
+    }
+}
+
+impl JsonSchema for Replicas {
+    fn schema_name() -> Cow<'static, str> {
+        "Replicas".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "integer", "enum": [1, 3, 5], "default": 1,
+            "description": "How many copies of the stream the NATS cluster keeps: 1, 3 or 5. More than 1 needs a clustered NATS."})
+    }
+}
+
+/// Which end of a full stream gives way.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    /// Drop the oldest events to make room.
+    #[default]
+    Old,
+    /// Refuse new events while full.
+    New,
+}
+
+/// On-disk compression of a stream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    #[default]
+    None,
+    /// S2 compression (file storage only).
+    S2,
+}
+
+/// What happens to the JetStream data when the resource is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the streams and buckets (the default: data is never lost by accident).
+    #[default]
+    Retain,
+    /// Delete the streams and buckets with the resource.
+    Delete,
+}
+
+/// When JetStream may remove events before the limits say so.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RetentionKind {
+    /// Keep events until a limit (age, bytes, count) is reached. The only kind for event stores
+    /// that are replayed.
+    #[default]
+    Limits,
+    /// Remove an event once every listener has acknowledged it.
+    Interest,
+    /// Remove an event once one listener has acknowledged it; listeners must not overlap.
+    WorkQueue,
+}
+
+/// Retention limits of a stream. Unset limits mean unlimited.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Retention kind: limits (default), interest or workQueue. Immutable: JetStream cannot change it
+    /// on a live stream.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("retention.kind is immutable: create a new store and copy the events over, then delete the old one"))]
+    pub kind: RetentionKind,
+    /// Remove events older than this, e.g. 7d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// Keep at most this many bytes, e.g. 10Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// Keep at most this many events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_events: Option<i64>,
+    /// Keep at most this many events per subject (1 makes the store a last-value cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_events_per_subject: Option<i64>,
+}
+
+/// Condition of a resource, as in every Kubernetes API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type; Causeway reports `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    /// One-word CamelCase reason, e.g. Reconciled, SourceNotFound, ImmutableFieldChanged.
+    pub reason: String,
+    /// What happened and, when not ready, how to fix it.
+    pub message: String,
+    /// When status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The generation this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Delivery settings shared by a Node's listeners.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDelivery {
+    /// Record handled event ids in the node's state bucket, so a redelivery is acked without
+    /// calling the app again.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// How long JetStream waits for an ack before redelivering.
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait: Duration,
+    /// Delivery attempts per event before it is dead-lettered; unset means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_deliver: Option<i64>,
+    /// Delays between attempts after a failure; the last repeats.
+    #[serde(default = "default_backoff")]
+    pub backoff: Vec<Duration>,
+    /// Events handed to the app at once, per listener, across all replicas.
+    #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_in_flight: u32,
+}
+
+impl Default for NodeDelivery {
+    fn default() -> Self {
+        Self {
+            exactly_once: false,
+            ack_wait: default_ack_wait(),
+            max_deliver: None,
+            backoff: default_backoff(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff() -> Vec<Duration> {
+    vec![
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    ]
+}
+fn default_max_in_flight() -> u32 {
+    32
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_history() -> u8 {
+    1
+}
+
+// ---------------------------------------------------------------------------------------------
+// EventStore
+// ---------------------------------------------------------------------------------------------
+
+/// An event store: one JetStream stream `CW_ES_<namespace>_<name>` holding events at
+/// `cw.<namespace>.es.<name>.<subject>`, appended and loaded through the sidecar with
+/// optimistic concurrency.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "causeway.dev",
+    version = "v1alpha1",
+    kind = "EventStore",
+    namespaced,
+    status = "EventStoreStatus",
+    shortname = "cwes",
+    category = "causeway",
+    doc = "An event store: one JetStream stream of events, appended and loaded through the Causeway sidecar with optimistic concurrency.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Stream", type_ = "string", json_path = ".status.stream"),
+    printcolumn(name = "Events", type_ = "integer", json_path = ".status.events"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EventStoreSpec {
+    /// file (default) or memory. Immutable: JetStream cannot move a stream between storage types.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable: create a new store with the storage you want, copy the events, then delete this one"))]
+    pub storage: StorageType,
+    /// Copies kept by the NATS cluster: 1 (default), 3 or 5.
+    #[serde(default)]
+    pub replicas: Replicas,
+    /// Retention limits.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Window in which a retried event with the same id is stored once (default 2m).
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window: Duration,
+    /// old (default): drop the oldest events when full; new: refuse new events.
+    #[serde(default)]
+    pub discard: Discard,
+    /// none (default) or s2.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Allow all-or-nothing batches of appends (default true).
+    #[serde(default = "default_true")]
+    pub allow_atomic_batch: bool,
+    /// Retain (default) keeps the stream when the EventStore is deleted; Delete removes it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Observed state of an EventStore.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventStoreStatus {
+    /// The generation last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready and its reason.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// JetStream stream name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Subjects the stream captures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<String>,
+    /// Events stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// Bytes stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Sequence of the first stored event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_sequence: Option<u64>,
+    /// Sequence of the last stored event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sequence: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node
+// ---------------------------------------------------------------------------------------------
+
+/// A node: a logical service identity ("send to inventory"). It becomes an inbox stream
+/// `CW_IN_<namespace>_<name>`, a state bucket `CW_ST_<namespace>_<name>` and a registry entry.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "causeway.dev",
+    version = "v1alpha1",
+    kind = "Node",
+    namespaced,
+    status = "NodeStatus",
+    shortname = "cwnode",
+    category = "causeway",
+    doc = "A node: a logical service identity with an inbox stream, a state bucket and delivery defaults for its listeners.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Inbox", type_ = "string", json_path = ".status.inboxStream"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// The inbox stream that events sent to this node wait in.
+    #[serde(default)]
+    pub inbox: InboxSpec,
+    /// The node's own key-value state bucket.
+    #[serde(default)]
+    pub state: StateSpec,
+    /// Delivery defaults for this node's listeners.
+    #[serde(default)]
+    pub delivery: NodeDelivery,
+    /// Where the sidecar pushes events to the app, and how it checks the app's health.
+    #[serde(default)]
+    pub app: AppSpec,
+    /// Retain (default) keeps the inbox and state when the Node is deleted; Delete removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The inbox stream of a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxSpec {
+    /// Retention limits of the inbox.
+    #[serde(default)]
+    pub retention: Retention,
+    /// file (default) or memory. Immutable.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("inbox.storage is immutable: create a new node, move its listeners, then delete this one"))]
+    pub storage: StorageType,
+    /// Copies kept by the NATS cluster: 1 (default), 3 or 5.
+    #[serde(default)]
+    pub replicas: Replicas,
+}
+
+/// The state bucket of a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StateSpec {
+    /// Revisions kept per key (1 to 64, default 1).
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 1, max = 64))]
+    pub history: u8,
+    /// Remove keys not written for this long; unset means keep forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+}
+
+impl Default for StateSpec {
+    fn default() -> Self {
+        Self {
+            history: default_history(),
+            ttl: None,
+        }
+    }
+}
+
+/// The app beside the sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// Port the app listens on at 127.0.0.1 for pushed events; the pod annotation
+    /// causeway.dev/app-port overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Path the sidecar GETs to check the app's health; delivery pauses while it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/.*$"))]
+    pub health_path: Option<String>,
+}
+
+/// Observed state of a Node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The generation last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready and its reason.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Inbox stream name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_stream: Option<String>,
+    /// Subjects the inbox captures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_subjects: Option<String>,
+    /// State bucket name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_bucket: Option<String>,
+    /// The namespace's global bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_bucket: Option<String>,
+    /// Events in the inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// Bytes in the inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Sequence of the last event sent to the inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sequence: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listener
+// ---------------------------------------------------------------------------------------------
+
+/// A stored, durable listener: a durable consumer on a store or an inbox, and a delivery rule
+/// carried out by the sidecars of one node. Every event is handled once per Listener, not once
+/// per pod.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "causeway.dev",
+    version = "v1alpha1",
+    kind = "Listener",
+    namespaced,
+    status = "ListenerStatus",
+    shortname = "cwl",
+    category = "causeway",
+    doc = "A durable listener: a JetStream consumer on an event store or a node's inbox, delivered to the app by the sidecars of one node.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
+    printcolumn(name = "Consumer", type_ = "string", json_path = ".status.consumer"),
+    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.numPending"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// The node whose sidecars deliver this listener's events.
+    pub node: DnsLabel,
+    /// What the listener reads: exactly one of store or inbox.
+    pub source: ListenerSource,
+    /// NATS subject patterns relative to the source (`order-*` style tokens, `*`, a final `>`).
+    /// Empty means every subject. For an inbox the subject is the event type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<SubjectPattern>,
+    /// Event types to deliver: exact, or `prefix.*`. Empty means every type. Other events are
+    /// acknowledged without delivery.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<TypePattern>,
+    /// Where a new listener starts: new (default), all, last, {sequence: N} or {time: RFC3339}.
+    /// Only used when the consumer is created.
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// How events reach the app; unset fields come from the node's delivery.
+    #[serde(default)]
+    pub delivery: ListenerDelivery,
+    /// Where events go that the app refuses (400, 404, 422) or that run out of attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetter>,
+}
+
+/// The source of a listener: exactly one of `store` or `inbox`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.store) != has(self.inbox)").message("source must name exactly one of store or inbox"))]
+pub struct ListenerSource {
+    /// An EventStore in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<DnsLabel>,
+    /// A Node in the same namespace whose inbox to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<DnsLabel>,
+}
+
+/// Where a new listener starts reading.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// Only events stored after the listener is created.
+    #[default]
+    New,
+    /// Every stored event.
+    All,
+    /// The last stored event, then new ones.
+    Last,
+    /// From this stream sequence on.
+    Sequence(u64),
+    /// From the first event stored at or after this time.
+    Time(DateTime<Utc>),
+}
+
+impl Serialize for StartAt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            StartAt::New => s.serialize_str("new"),
+            StartAt::All => s.serialize_str("all"),
+            StartAt::Last => s.serialize_str("last"),
+            StartAt::Sequence(n) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("sequence", n)?;
+                m.end()
+            }
+            StartAt::Time(t) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(
+                    "time",
+                    &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                )?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartAt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Map(std::collections::BTreeMap<String, serde_json::Value>),
+        }
+        const HOW: &str =
+            "startAt must be new, all, last, {sequence: N} (N >= 1) or {time: RFC3339}";
+        let bad = |what: String| serde::de::Error::custom(format!("{what}: {HOW}"));
+        match Raw::deserialize(d).map_err(|_| bad("not a word or a map".into()))? {
+            Raw::Word(w) => match w.as_str() {
+                "new" => Ok(StartAt::New),
+                "all" => Ok(StartAt::All),
+                "last" => Ok(StartAt::Last),
+                _ => Err(bad(format!("{w:?} is not a start position"))),
+            },
+            Raw::Map(m) if m.len() == 1 => {
+                let (k, v) = m.into_iter().next().expect("one entry");
+                match (k.as_str(), v) {
+                    ("sequence", serde_json::Value::Number(n)) => match n.as_u64() {
+                        Some(n) if n >= 1 => Ok(StartAt::Sequence(n)),
+                        _ => Err(bad(format!("sequence {n} is not a whole number >= 1"))),
+                    },
+                    ("time", serde_json::Value::String(t)) => DateTime::parse_from_rfc3339(&t)
+                        .map(|t| StartAt::Time(t.with_timezone(&Utc)))
+                        .map_err(|e| bad(format!("time {t:?} is not RFC 3339 ({e})"))),
+                    (k, v) => Err(bad(format!("{k}: {v} is not a start position"))),
+                }
+            }
+            Raw::Map(_) => Err(bad("a start position map has exactly one key".into())),
+        }
+    }
+}
+
+impl JsonSchema for StartAt {
+    fn schema_name() -> Cow<'static, str> {
+        "StartAt".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // A word or a one-key map is not expressible as a structural schema, so the field keeps
+        // unknown content and a CEL rule does the checking.
+        json_schema!({
+            "x-kubernetes-preserve-unknown-fields": true,
+            "default": "new",
+            "description": "Where a new listener starts: new (default), all, last, {sequence: N} or {time: RFC3339}. Only used when the consumer is created.",
+            "x-kubernetes-validations": [{
+                "rule": "type(self) == string ? self in ['new', 'all', 'last'] : (type(self) == map && size(self) == 1 && (has(self.sequence) ? type(self.sequence) == int && self.sequence >= 1 : has(self.time) && type(self.time) == string))",
+                "message": "startAt must be new, all, last, {sequence: N} (N >= 1) or {time: RFC3339}"
+            }]
+        })
+    }
+}
+
+/// push: the sidecar POSTs each event to the app; pull: the app fetches through the sidecar.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// The sidecar POSTs each event to the app.
+    #[default]
+    Push,
+    /// The app fetches with POST /v1/listeners/{l}/fetch and acks with POST /v1/acks.
+    Pull,
+}
+
+/// How a listener's events reach the app. Unset fields come from the node's delivery.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerDelivery {
+    /// push (default) or pull.
+    #[serde(default)]
+    pub mode: DeliveryMode,
+    /// Path on the app that push delivery POSTs to (default /events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[^\s]*$"))]
+    pub path: Option<String>,
+    /// How long the app may take to answer a push (default 10s); must be shorter than ackWait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// How long JetStream waits for an ack before redelivering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_wait: Option<Duration>,
+    /// Attempts per event before it is dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_deliver: Option<i64>,
+    /// Delays between attempts after a failure; the last repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Vec<Duration>>,
+    /// Events handed to the app at once, across all replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_in_flight: Option<u32>,
+    /// Deliver one event at a time, in stream order.
+    #[serde(default)]
+    pub ordered: bool,
+}
+
+/// The dead letter of a listener: an event store and a subject in it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// An EventStore in the same namespace.
+    pub store: DnsLabel,
+    /// The subject in that store, e.g. dead.reserve-stock.
+    pub subject: Subject,
+}
+
+/// Observed state of a Listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    /// The generation last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready and its reason.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The stream the consumer reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Durable consumer name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// Events not yet delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_pending: Option<u64>,
+    /// Events delivered and not yet acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_ack_pending: Option<u64>,
+    /// Events delivered more than once and not yet acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivered: Option<u64>,
+}

@@ -1,0 +1,23 @@
+//! `causeway-api`: the public contract of Causeway as types.
+//!
+//! - [`crd`]: the `EventStore`, `Node` and `Listener` custom resources;
+//! - [`naming`]: the JetStream naming rules, one function each;
+//! - [`names`]: validated names (DNS labels, event types, subjects, patterns);
+//! - [`quantity`]: durations and byte sizes as manifests write them;
+//! - [`envelope`]: the event on the wire (MessagePack) and at the app (JSON);
+//! - [`causal`]: causal context and the Lamport clock;
+//! - [`registry`]: the resolved records sidecars read from `CW_REGISTRY`.
+//!
+//! Pure: no I/O.
+#![forbid(unsafe_code)]
+
+pub mod causal;
+pub mod crd;
+pub mod envelope;
+pub mod names;
+pub mod naming;
+pub mod quantity;
+pub mod registry;
+
+pub use names::DnsLabel;
+pub use naming::Kind;

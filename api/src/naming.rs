@@ -1,0 +1,189 @@
+//! The JetStream naming rules of DESIGN.md, each in exactly one function.
+//!
+//! | from | object | name | subjects |
+//! |---|---|---|---|
+//! | EventStore `ns/x` | stream | `CW_ES_<ns>_<x>` | `cw.<ns>.es.<x>.>` |
+//! | Node `ns/n` | inbox stream | `CW_IN_<ns>_<n>` | `cw.<ns>.in.<n>.>` |
+//! | Node `ns/n` | state KV bucket | `CW_ST_<ns>_<n>` | |
+//! | namespace `ns` | global KV bucket | `CW_GL_<ns>` | |
+//! | namespace `ns` | object store for large payloads | `CW_BLOB_<ns>` | |
+//! | Listener `ns/l` | durable consumer | `cw_<ns>_<l>` | |
+//! | cluster | registry KV bucket | `CW_REGISTRY` | key `<ns>.<kind>.<name>` |
+//!
+//! Every argument is a [`DnsLabel`], so no name can carry `.`, `*`, `>`, `_` or whitespace:
+//! `_` separates the parts of a name unambiguously and `.` separates subject tokens.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::DnsLabel;
+
+/// The cluster-wide registry bucket that sidecars watch.
+pub const REGISTRY_BUCKET: &str = "CW_REGISTRY";
+
+/// The three kinds of Causeway object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// An event store (a stream).
+    EventStore,
+    /// A node (inbox stream, state bucket).
+    Node,
+    /// A listener (a durable consumer).
+    Listener,
+}
+
+impl Kind {
+    /// All kinds, in the order they must be applied (listeners depend on stores and nodes).
+    pub const ALL: [Kind; 3] = [Kind::EventStore, Kind::Node, Kind::Listener];
+
+    /// The kind as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::EventStore => "EventStore",
+            Kind::Node => "Node",
+            Kind::Listener => "Listener",
+        }
+    }
+
+    /// The token used in registry keys: the lower-cased kind.
+    pub fn registry_token(self) -> &'static str {
+        match self {
+            Kind::EventStore => "eventstore",
+            Kind::Node => "node",
+            Kind::Listener => "listener",
+        }
+    }
+
+    /// Parses a registry token back.
+    pub fn from_registry_token(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.registry_token() == s)
+    }
+
+    /// Parses a manifest kind.
+    pub fn from_manifest_kind(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stream of EventStore `ns/x`: `CW_ES_<ns>_<x>`.
+pub fn store_stream(ns: &DnsLabel, store: &DnsLabel) -> String {
+    format!("CW_ES_{ns}_{store}")
+}
+
+/// Subject prefix of EventStore `ns/x`: `cw.<ns>.es.<x>`. Events live at `<prefix>.<subject>`.
+pub fn store_subject_prefix(ns: &DnsLabel, store: &DnsLabel) -> String {
+    format!("cw.{ns}.es.{store}")
+}
+
+/// Inbox stream of Node `ns/n`: `CW_IN_<ns>_<n>`.
+pub fn inbox_stream(ns: &DnsLabel, node: &DnsLabel) -> String {
+    format!("CW_IN_{ns}_{node}")
+}
+
+/// Subject prefix of Node `ns/n`'s inbox: `cw.<ns>.in.<n>`. `send(n, T)` publishes to `<prefix>.<T>`.
+pub fn inbox_subject_prefix(ns: &DnsLabel, node: &DnsLabel) -> String {
+    format!("cw.{ns}.in.{node}")
+}
+
+/// State KV bucket of Node `ns/n`: `CW_ST_<ns>_<n>`.
+pub fn state_bucket(ns: &DnsLabel, node: &DnsLabel) -> String {
+    format!("CW_ST_{ns}_{node}")
+}
+
+/// Global KV bucket of namespace `ns`: `CW_GL_<ns>`.
+pub fn global_bucket(ns: &DnsLabel) -> String {
+    format!("CW_GL_{ns}")
+}
+
+/// Object store for payloads above the server's `max_payload`: `CW_BLOB_<ns>`.
+pub fn blob_bucket(ns: &DnsLabel) -> String {
+    format!("CW_BLOB_{ns}")
+}
+
+/// Durable consumer of Listener `ns/l`: `cw_<ns>_<l>`.
+pub fn listener_consumer(ns: &DnsLabel, listener: &DnsLabel) -> String {
+    format!("cw_{ns}_{listener}")
+}
+
+/// Registry key of an object: `<ns>.<kind>.<name>`, kind lower-cased.
+pub fn registry_key(ns: &DnsLabel, kind: Kind, name: &DnsLabel) -> String {
+    format!("{ns}.{}.{name}", kind.registry_token())
+}
+
+/// The registry key pattern for every object of a namespace: `<ns>.>`.
+pub fn registry_namespace_filter(ns: &DnsLabel) -> String {
+    format!("{ns}.>")
+}
+
+/// Splits a registry key back into its parts; `None` for keys that are not ours.
+pub fn parse_registry_key(key: &str) -> Option<(DnsLabel, Kind, DnsLabel)> {
+    let mut it = key.split('.');
+    let (ns, kind, name) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    Some((
+        DnsLabel::new(ns).ok()?,
+        Kind::from_registry_token(kind)?,
+        DnsLabel::new(name).ok()?,
+    ))
+}
+
+/// `<prefix>.<relative>`: the full subject of a subject or pattern relative to a source.
+pub fn join_subject(prefix: &str, relative: &str) -> String {
+    format!("{prefix}.{relative}")
+}
+
+/// The part of `full` after `<prefix>.`, if `full` lies under `prefix`.
+pub fn strip_subject_prefix<'a>(prefix: &str, full: &'a str) -> Option<&'a str> {
+    full.strip_prefix(prefix)?.strip_prefix('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(s: &str) -> DnsLabel {
+        DnsLabel::new(s).unwrap()
+    }
+
+    #[test]
+    fn names_follow_design() {
+        let (ns, x) = (l("shop"), l("orders"));
+        assert_eq!(store_stream(&ns, &x), "CW_ES_shop_orders");
+        assert_eq!(store_subject_prefix(&ns, &x), "cw.shop.es.orders");
+        assert_eq!(inbox_stream(&ns, &l("inventory")), "CW_IN_shop_inventory");
+        assert_eq!(
+            inbox_subject_prefix(&ns, &l("inventory")),
+            "cw.shop.in.inventory"
+        );
+        assert_eq!(state_bucket(&ns, &l("inventory")), "CW_ST_shop_inventory");
+        assert_eq!(global_bucket(&ns), "CW_GL_shop");
+        assert_eq!(blob_bucket(&ns), "CW_BLOB_shop");
+        assert_eq!(listener_consumer(&ns, &l("reserve")), "cw_shop_reserve");
+        assert_eq!(
+            registry_key(&ns, Kind::Listener, &l("reserve")),
+            "shop.listener.reserve"
+        );
+        assert_eq!(
+            parse_registry_key("shop.listener.reserve"),
+            Some((ns, Kind::Listener, l("reserve")))
+        );
+        assert_eq!(parse_registry_key("shop.thing.reserve"), None);
+        assert_eq!(
+            strip_subject_prefix("cw.shop.es.orders", "cw.shop.es.orders.order-1"),
+            Some("order-1")
+        );
+        assert_eq!(
+            strip_subject_prefix("cw.shop.es.orders", "cw.shop.es.orders-x.a"),
+            None
+        );
+    }
+}

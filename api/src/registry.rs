@@ -1,0 +1,416 @@
+//! Registry records: what the reconcile core writes to `CW_REGISTRY` under `<ns>.<kind>.<name>`
+//! and what sidecars watch to resolve names. Each record is resolved from a spec here, once:
+//! JetStream names, subjects and the delivery settings a listener inherits from its node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    crd::{AppSpec, DeliveryMode, EventStoreSpec, ListenerSpec, NodeSpec},
+    names::{DnsLabel, is_wildcard},
+    naming::{self, Kind},
+    quantity::Duration,
+};
+
+/// Who wrote a record: the Kubernetes operator or `causeway apply`.
+pub const MANAGER_OPERATOR: &str = "operator";
+/// Who wrote a record: the Kubernetes operator or `causeway apply`.
+pub const MANAGER_APPLY: &str = "apply";
+
+/// Default push path.
+pub const DEFAULT_PUSH_PATH: &str = "/events";
+/// Default push timeout.
+pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Identity of a record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    /// Namespace.
+    pub namespace: DnsLabel,
+    /// Name.
+    pub name: DnsLabel,
+    /// Generation of the resource the record was resolved from (local apply: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// `operator` or `apply`.
+    pub manager: String,
+}
+
+/// A registry entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind")]
+pub enum Record {
+    /// An EventStore.
+    EventStore(StoreRecord),
+    /// A Node.
+    Node(NodeRecord),
+    /// A Listener.
+    Listener(ListenerRecord),
+}
+
+impl Record {
+    /// The kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Record::EventStore(_) => Kind::EventStore,
+            Record::Node(_) => Kind::Node,
+            Record::Listener(_) => Kind::Listener,
+        }
+    }
+    /// The identity.
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Record::EventStore(r) => &r.meta,
+            Record::Node(r) => &r.meta,
+            Record::Listener(r) => &r.meta,
+        }
+    }
+    /// `<ns>.<kind>.<name>`.
+    pub fn key(&self) -> String {
+        naming::registry_key(&self.meta().namespace, self.kind(), &self.meta().name)
+    }
+    /// JSON bytes as stored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a record always serialises")
+    }
+    /// Parses stored bytes.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(b)
+    }
+}
+
+/// A resolved EventStore.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreRecord {
+    /// Identity.
+    pub meta: Meta,
+    /// Stream name.
+    pub stream: String,
+    /// Events live at `<subjectPrefix>.<subject>`.
+    pub subject_prefix: String,
+    /// The spec it was resolved from.
+    pub spec: EventStoreSpec,
+}
+
+impl StoreRecord {
+    /// Resolves a spec.
+    pub fn resolve(meta: Meta, spec: &EventStoreSpec) -> Self {
+        Self {
+            stream: naming::store_stream(&meta.namespace, &meta.name),
+            subject_prefix: naming::store_subject_prefix(&meta.namespace, &meta.name),
+            spec: spec.clone(),
+            meta,
+        }
+    }
+}
+
+/// A resolved Node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// Identity.
+    pub meta: Meta,
+    /// Inbox stream name.
+    pub inbox_stream: String,
+    /// `send(node, T)` publishes to `<inboxSubjectPrefix>.<T>`.
+    pub inbox_subject_prefix: String,
+    /// The node's state bucket.
+    pub state_bucket: String,
+    /// The namespace's global bucket.
+    pub global_bucket: String,
+    /// The namespace's blob store for large payloads.
+    pub blob_bucket: String,
+    /// The app beside the sidecar.
+    pub app: AppSpec,
+    /// The spec it was resolved from.
+    pub spec: NodeSpec,
+}
+
+impl NodeRecord {
+    /// Resolves a spec.
+    pub fn resolve(meta: Meta, spec: &NodeSpec) -> Self {
+        let (ns, n) = (&meta.namespace, &meta.name);
+        Self {
+            inbox_stream: naming::inbox_stream(ns, n),
+            inbox_subject_prefix: naming::inbox_subject_prefix(ns, n),
+            state_bucket: naming::state_bucket(ns, n),
+            global_bucket: naming::global_bucket(ns),
+            blob_bucket: naming::blob_bucket(ns),
+            app: spec.app.clone(),
+            spec: spec.clone(),
+            meta,
+        }
+    }
+}
+
+/// What a listener reads.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    /// EventStore or Node (for an inbox).
+    pub kind: Kind,
+    /// Its name.
+    pub name: DnsLabel,
+}
+
+/// Delivery settings after the listener's own and its node's are merged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedDelivery {
+    /// push or pull.
+    pub mode: DeliveryMode,
+    /// Push path on the app.
+    pub path: String,
+    /// Push timeout.
+    pub timeout: Duration,
+    /// Consumer ack wait.
+    pub ack_wait: Duration,
+    /// Attempts before dead-lettering; `None` is unlimited.
+    pub max_deliver: Option<i64>,
+    /// Nak delays; the last repeats.
+    pub backoff: Vec<Duration>,
+    /// Consumer max ack pending (1 when ordered).
+    pub max_in_flight: u32,
+    /// One at a time, in order.
+    pub ordered: bool,
+    /// Skip redeliveries already handled.
+    pub exactly_once: bool,
+}
+
+impl ResolvedDelivery {
+    /// The nak delay after the given (1-based) failed attempt.
+    pub fn backoff_for(&self, attempt: u64) -> Duration {
+        let i = (attempt.max(1) - 1) as usize;
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// A resolved dead letter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedDeadLetter {
+    /// The store.
+    pub store: DnsLabel,
+    /// Its stream.
+    pub stream: String,
+    /// Subject relative to the store.
+    pub subject: String,
+    /// Full NATS subject.
+    pub nats_subject: String,
+}
+
+/// A resolved Listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerRecord {
+    /// Identity.
+    pub meta: Meta,
+    /// The node whose sidecars deliver it.
+    pub node: DnsLabel,
+    /// What it reads.
+    pub source: SourceRef,
+    /// The source stream.
+    pub stream: String,
+    /// The source's subject prefix.
+    pub subject_prefix: String,
+    /// Durable consumer name.
+    pub consumer: String,
+    /// Full NATS filter subjects of the consumer.
+    pub filter_subjects: Vec<String>,
+    /// Type filters applied by the sidecar (empty: all).
+    pub types: Vec<String>,
+    /// Delivery settings.
+    pub delivery: ResolvedDelivery,
+    /// Dead letter, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<ResolvedDeadLetter>,
+    /// The spec it was resolved from.
+    pub spec: ListenerSpec,
+}
+
+/// A field-level problem with a spec that serde and the schema cannot see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Dotted path below the object, e.g. `spec.delivery.timeout`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks a listener spec on its own (no node needed).
+pub fn check_listener(spec: &ListenerSpec) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match (&spec.source.store, &spec.source.inbox) {
+        (Some(_), Some(_)) | (None, None) => errs.push(FieldError::new(
+            "spec.source",
+            "source must name exactly one of store or inbox, e.g. {store: orders}",
+        )),
+        (None, Some(_)) if !spec.subjects.is_empty() && !spec.types.is_empty() => {
+            errs.push(FieldError::new(
+                "spec.subjects",
+                "an inbox's subject is the event type: give types or subjects, not both",
+            ))
+        }
+        _ => {}
+    }
+    if let (Some(t), Some(a)) = (spec.delivery.timeout, spec.delivery.ack_wait)
+        && t >= a
+    {
+        errs.push(FieldError::new(
+            "spec.delivery.timeout",
+            format!("timeout {t} must be shorter than ackWait {a}, or JetStream redelivers while the app is still working"),
+        ));
+    }
+    if spec.delivery.backoff.as_ref().is_some_and(|b| b.is_empty()) {
+        errs.push(FieldError::new(
+            "spec.delivery.backoff",
+            "backoff needs at least one delay, or leave it out",
+        ));
+    }
+    errs
+}
+
+impl ListenerRecord {
+    /// Resolves a listener against its node's delivery defaults.
+    pub fn resolve(
+        meta: Meta,
+        spec: &ListenerSpec,
+        node: &NodeSpec,
+    ) -> Result<Self, Vec<FieldError>> {
+        let mut errs = check_listener(spec);
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let ns = &meta.namespace;
+        let (source, stream, prefix) = match (&spec.source.store, &spec.source.inbox) {
+            (Some(s), _) => (
+                SourceRef {
+                    kind: Kind::EventStore,
+                    name: s.clone(),
+                },
+                naming::store_stream(ns, s),
+                naming::store_subject_prefix(ns, s),
+            ),
+            (None, Some(n)) => (
+                SourceRef {
+                    kind: Kind::Node,
+                    name: n.clone(),
+                },
+                naming::inbox_stream(ns, n),
+                naming::inbox_subject_prefix(ns, n),
+            ),
+            (None, None) => unreachable!("checked above"),
+        };
+        let mut relative: Vec<String> = spec.subjects.iter().map(|s| s.to_string()).collect();
+        if source.kind == Kind::Node && !spec.types.is_empty() {
+            // In an inbox the subject is the type, so the server can filter by type.
+            relative = spec
+                .types
+                .iter()
+                .map(|t| match t.strip_suffix(".*") {
+                    Some(p) => format!("{p}.>"),
+                    None => t.to_string(),
+                })
+                .collect();
+        }
+        if relative.is_empty() {
+            relative.push(">".into());
+        }
+        relative.sort();
+        relative.dedup();
+        let filter_subjects = relative
+            .iter()
+            .map(|r| naming::join_subject(&prefix, r))
+            .collect();
+
+        let d = &spec.delivery;
+        let nd = &node.delivery;
+        let delivery = ResolvedDelivery {
+            mode: d.mode,
+            path: d
+                .path
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PUSH_PATH.to_owned()),
+            timeout: d.timeout.unwrap_or(DEFAULT_PUSH_TIMEOUT),
+            ack_wait: d.ack_wait.unwrap_or(nd.ack_wait),
+            max_deliver: d.max_deliver.or(nd.max_deliver),
+            backoff: d.backoff.clone().unwrap_or_else(|| nd.backoff.clone()),
+            max_in_flight: if d.ordered {
+                1
+            } else {
+                d.max_in_flight.unwrap_or(nd.max_in_flight)
+            },
+            ordered: d.ordered,
+            exactly_once: nd.exactly_once,
+        };
+        if delivery.mode == DeliveryMode::Push && delivery.timeout >= delivery.ack_wait {
+            errs.push(FieldError::new(
+                "spec.delivery.timeout",
+                format!(
+                    "push timeout {} must be shorter than ackWait {} (from the node unless set here)",
+                    delivery.timeout, delivery.ack_wait
+                ),
+            ));
+        }
+        if delivery.backoff.is_empty() {
+            errs.push(FieldError::new(
+                "spec.delivery.backoff",
+                "the node's backoff is empty: give at least one delay",
+            ));
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let dead_letter = spec.dead_letter.as_ref().map(|dl| {
+            let p = naming::store_subject_prefix(ns, &dl.store);
+            ResolvedDeadLetter {
+                store: dl.store.clone(),
+                stream: naming::store_stream(ns, &dl.store),
+                subject: dl.subject.to_string(),
+                nats_subject: naming::join_subject(&p, &dl.subject),
+            }
+        });
+        Ok(Self {
+            node: spec.node.clone(),
+            consumer: naming::listener_consumer(ns, &meta.name),
+            source,
+            stream,
+            subject_prefix: prefix,
+            filter_subjects,
+            types: spec.types.iter().map(|t| t.to_string()).collect(),
+            delivery,
+            dead_letter,
+            spec: spec.clone(),
+            meta,
+        })
+    }
+
+    /// True when an event of this type is for this listener.
+    pub fn wants_type(&self, event_type: &str) -> bool {
+        self.types.is_empty()
+            || self
+                .types
+                .iter()
+                .any(|f| crate::names::type_matches(f, event_type))
+    }
+}
+
+/// True when a subject pattern (relative) can match more than one subject.
+pub fn pattern_is_wildcard(p: &str) -> bool {
+    is_wildcard(p)
+}
