@@ -75,22 +75,15 @@ pub struct Given {
 /// - `path` is the cause's path plus `[sender, target]`, keeping the last [`MAX_PATH`] hops.
 pub fn context(given: Given, cause: Option<&Cause>, sender: &str, target: &str) -> Context {
     let id = given.id.unwrap_or_else(new_event_id);
-    let correlation_id = given
-        .correlation_id
-        .or_else(|| cause.map(|c| c.correlation_id.clone()))
-        .unwrap_or_else(|| id.clone());
+    let correlation_id =
+        given.correlation_id.or_else(|| cause.map(|c| c.correlation_id.clone())).unwrap_or_else(|| id.clone());
     let causation_id = given.causation_id.or_else(|| cause.map(|c| c.id.clone()));
     let mut path: Vec<[String; 2]> = cause.map(|c| c.path.clone()).unwrap_or_default();
     path.push([sender.to_owned(), target.to_owned()]);
     if path.len() > MAX_PATH {
         path.drain(..path.len() - MAX_PATH);
     }
-    Context {
-        id,
-        causation_id,
-        correlation_id,
-        path,
-    }
+    Context { id, causation_id, correlation_id, path }
 }
 
 static ULIDS: Mutex<Option<ulid::Generator>> = Mutex::new(None);
@@ -100,9 +93,7 @@ pub fn new_event_id() -> String {
     let mut g = ULIDS.lock().unwrap_or_else(|e| e.into_inner());
     let g = g.get_or_insert_with(ulid::Generator::new);
     // The generator only fails when 2^80 ids are made in one millisecond.
-    g.generate()
-        .unwrap_or_else(|_| ulid::Ulid::new())
-        .to_string()
+    g.generate().unwrap_or_else(|_| ulid::Ulid::new()).to_string()
 }
 
 /// Now, as events carry it: RFC 3339 in UTC with milliseconds.
@@ -129,55 +120,32 @@ mod tests {
         let ctx = context(Given::default(), None, "shop/web", "shop/orders");
         assert_eq!(ctx.correlation_id, ctx.id);
         assert_eq!(ctx.causation_id, None);
-        assert_eq!(
-            ctx.path,
-            vec![["shop/web".to_string(), "shop/orders".to_string()]]
-        );
+        assert_eq!(ctx.path, vec![["shop/web".to_string(), "shop/orders".to_string()]]);
     }
 
     #[test]
     fn effects_inherit_and_extend() {
-        let cause = Cause {
-            id: "c1".into(),
-            correlation_id: "r1".into(),
-            path: vec![["a".into(), "b".into()]],
-        };
+        let cause = Cause { id: "c1".into(), correlation_id: "r1".into(), path: vec![["a".into(), "b".into()]] };
         let ctx = context(Given::default(), Some(&cause), "b", "c");
         assert_eq!(ctx.causation_id.as_deref(), Some("c1"));
         assert_eq!(ctx.correlation_id, "r1");
         assert_eq!(ctx.path.len(), 2);
-        let given = Given {
-            id: Some("x".into()),
-            correlation_id: Some("mine".into()),
-            causation_id: Some("other".into()),
-        };
+        let given =
+            Given { id: Some("x".into()), correlation_id: Some("mine".into()), causation_id: Some("other".into()) };
         let ctx = context(given, Some(&cause), "b", "c");
         assert_eq!(
-            (
-                ctx.id.as_str(),
-                ctx.correlation_id.as_str(),
-                ctx.causation_id.as_deref()
-            ),
+            (ctx.id.as_str(), ctx.correlation_id.as_str(), ctx.causation_id.as_deref()),
             ("x", "mine", Some("other"))
         );
     }
 
     #[test]
     fn path_keeps_last_32_hops() {
-        let long: Vec<[String; 2]> = (0..40)
-            .map(|i| [format!("s{i}"), format!("t{i}")])
-            .collect();
-        let cause = Cause {
-            id: "c".into(),
-            correlation_id: "r".into(),
-            path: long,
-        };
+        let long: Vec<[String; 2]> = (0..40).map(|i| [format!("s{i}"), format!("t{i}")]).collect();
+        let cause = Cause { id: "c".into(), correlation_id: "r".into(), path: long };
         let ctx = context(Given::default(), Some(&cause), "x", "y");
         assert_eq!(ctx.path.len(), MAX_PATH);
-        assert_eq!(
-            ctx.path.last().unwrap(),
-            &["x".to_string(), "y".to_string()]
-        );
+        assert_eq!(ctx.path.last().unwrap(), &["x".to_string(), "y".to_string()]);
         assert_eq!(ctx.path[0][0], "s9");
     }
 

@@ -22,9 +22,9 @@ pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in manifests.
 pub const API_VERSION: &str = "causeway.dev/v1alpha1";
 
-const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63";
-const NAME_MESSAGE: &str =
-    "metadata.name must be a DNS-1123 label: at most 63 lower-case letters, digits and '-'";
+const NAME_RULE: &str =
+    "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63";
+const NAME_MESSAGE: &str = "metadata.name must be a DNS-1123 label: at most 63 lower-case letters, digits and '-'";
 
 // ---------------------------------------------------------------------------------------------
 // Shared spec pieces
@@ -223,11 +223,7 @@ fn default_ack_wait() -> Duration {
     Duration::from_secs(30)
 }
 fn default_backoff() -> Vec<Duration> {
-    vec![
-        Duration::from_secs(1),
-        Duration::from_secs(5),
-        Duration::from_secs(30),
-    ]
+    vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)]
 }
 fn default_max_in_flight() -> u32 {
     32
@@ -395,10 +391,7 @@ pub struct StateSpec {
 
 impl Default for StateSpec {
     fn default() -> Self {
-        Self {
-            history: default_history(),
-            ttl: None,
-        }
+        Self { history: default_history(), ttl: None }
     }
 }
 
@@ -543,10 +536,7 @@ impl Serialize for StartAt {
             }
             StartAt::Time(t) => {
                 let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry(
-                    "time",
-                    &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                )?;
+                m.serialize_entry("time", &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))?;
                 m.end()
             }
         }
@@ -561,8 +551,7 @@ impl<'de> Deserialize<'de> for StartAt {
             Word(String),
             Map(std::collections::BTreeMap<String, serde_json::Value>),
         }
-        const HOW: &str =
-            "startAt must be new, all, last, {sequence: N} (N >= 1) or {time: RFC3339}";
+        const HOW: &str = "startAt must be new, all, last, {sequence: N} (N >= 1) or {time: RFC3339}";
         let bad = |what: String| serde::de::Error::custom(format!("{what}: {HOW}"));
         match Raw::deserialize(d).map_err(|_| bad("not a word or a map".into()))? {
             Raw::Word(w) => match w.as_str() {

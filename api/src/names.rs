@@ -15,8 +15,7 @@ pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// The CRD pattern for an event type or a concrete subject.
 pub const TOKEN_PATH_PATTERN: &str = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$";
 /// The CRD pattern for a subject pattern (`*` for one token, a final `>` for the rest).
-pub const SUBJECT_PATTERN_PATTERN: &str =
-    r"^([A-Za-z0-9_-]+|\*)(\.([A-Za-z0-9_-]+|\*))*(\.>)?$|^>$";
+pub const SUBJECT_PATTERN_PATTERN: &str = r"^([A-Za-z0-9_-]+|\*)(\.([A-Za-z0-9_-]+|\*))*(\.>)?$|^>$";
 /// The CRD pattern for a type filter: an exact type or `prefix.*`.
 pub const TYPE_PATTERN_PATTERN: &str = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?$";
 
@@ -60,9 +59,7 @@ pub enum NameError {
 }
 
 fn is_token(t: &str) -> bool {
-    !t.is_empty()
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// True when `s` is a DNS-1123 label.
@@ -70,8 +67,7 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -90,18 +86,13 @@ fn validate_token_path(s: &str, what: &'static str) -> Result<(), NameError> {
     if s.len() <= MAX_TOKEN_PATH_LEN && s.split('.').all(is_token) {
         Ok(())
     } else {
-        Err(NameError::TokenPath {
-            what,
-            value: s.to_owned(),
-        })
+        Err(NameError::TokenPath { what, value: s.to_owned() })
     }
 }
 
 /// Checks a subject pattern: concrete tokens, `*` tokens, and optionally a final `>`.
 pub fn validate_subject_pattern(s: &str) -> Result<(), NameError> {
-    let bad = || NameError::SubjectPattern {
-        value: s.to_owned(),
-    };
+    let bad = || NameError::SubjectPattern { value: s.to_owned() };
     if s.len() > MAX_TOKEN_PATH_LEN {
         return Err(bad());
     }
@@ -123,9 +114,7 @@ pub fn is_wildcard(pattern: &str) -> bool {
 /// Checks a type filter: an exact type, or `prefix.*` meaning every type under `prefix.`.
 pub fn validate_type_pattern(s: &str) -> Result<(), NameError> {
     let exact = s.strip_suffix(".*").unwrap_or(s);
-    validate_token_path(exact, "event type").map_err(|_| NameError::TypePattern {
-        value: s.to_owned(),
-    })
+    validate_token_path(exact, "event type").map_err(|_| NameError::TypePattern { value: s.to_owned() })
 }
 
 /// True when an event type matches a type filter (`exact` or `prefix.*`).
@@ -263,17 +252,7 @@ mod tests {
         for ok in ["a", "orders", "shop-1", "0", &"a".repeat(63)] {
             assert!(is_dns_label(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "A",
-            "a_b",
-            "a.b",
-            "a b",
-            &"a".repeat(64),
-            "ü",
-        ] {
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "a b", &"a".repeat(64), "ü"] {
             assert!(!is_dns_label(bad), "{bad}");
         }
     }
@@ -283,9 +262,7 @@ mod tests {
         for ok in ["order-placed", "order.placed", "a_b.C-9"] {
             assert!(validate_event_type(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "", "a b", "a.*", "a.>", ">", "a..b", ".a", "a.", "é", "a\nb", "a\0",
-        ] {
+        for bad in ["", "a b", "a.*", "a.>", ">", "a..b", ".a", "a.", "é", "a\nb", "a\0"] {
             assert!(validate_event_type(bad).is_err(), "{bad:?}");
             assert!(validate_subject(bad).is_err(), "{bad:?}");
         }

@@ -129,11 +129,7 @@ pub fn parse_registry_key(key: &str) -> Option<(DnsLabel, Kind, DnsLabel)> {
     if it.next().is_some() {
         return None;
     }
-    Some((
-        DnsLabel::new(ns).ok()?,
-        Kind::from_registry_token(kind)?,
-        DnsLabel::new(name).ok()?,
-    ))
+    Some((DnsLabel::new(ns).ok()?, Kind::from_registry_token(kind)?, DnsLabel::new(name).ok()?))
 }
 
 /// `<prefix>.<relative>`: the full subject of a subject or pattern relative to a source.
@@ -160,30 +156,15 @@ mod tests {
         assert_eq!(store_stream(&ns, &x), "CW_ES_shop_orders");
         assert_eq!(store_subject_prefix(&ns, &x), "cw.shop.es.orders");
         assert_eq!(inbox_stream(&ns, &l("inventory")), "CW_IN_shop_inventory");
-        assert_eq!(
-            inbox_subject_prefix(&ns, &l("inventory")),
-            "cw.shop.in.inventory"
-        );
+        assert_eq!(inbox_subject_prefix(&ns, &l("inventory")), "cw.shop.in.inventory");
         assert_eq!(state_bucket(&ns, &l("inventory")), "CW_ST_shop_inventory");
         assert_eq!(global_bucket(&ns), "CW_GL_shop");
         assert_eq!(blob_bucket(&ns), "CW_BLOB_shop");
         assert_eq!(listener_consumer(&ns, &l("reserve")), "cw_shop_reserve");
-        assert_eq!(
-            registry_key(&ns, Kind::Listener, &l("reserve")),
-            "shop.listener.reserve"
-        );
-        assert_eq!(
-            parse_registry_key("shop.listener.reserve"),
-            Some((ns, Kind::Listener, l("reserve")))
-        );
+        assert_eq!(registry_key(&ns, Kind::Listener, &l("reserve")), "shop.listener.reserve");
+        assert_eq!(parse_registry_key("shop.listener.reserve"), Some((ns, Kind::Listener, l("reserve"))));
         assert_eq!(parse_registry_key("shop.thing.reserve"), None);
-        assert_eq!(
-            strip_subject_prefix("cw.shop.es.orders", "cw.shop.es.orders.order-1"),
-            Some("order-1")
-        );
-        assert_eq!(
-            strip_subject_prefix("cw.shop.es.orders", "cw.shop.es.orders-x.a"),
-            None
-        );
+        assert_eq!(strip_subject_prefix("cw.shop.es.orders", "cw.shop.es.orders.order-1"), Some("order-1"));
+        assert_eq!(strip_subject_prefix("cw.shop.es.orders", "cw.shop.es.orders-x.a"), None);
     }
 }

@@ -17,9 +17,7 @@ pub const BYTES_PATTERN: &str = r"^[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
     /// Not of the grammar.
-    #[error(
-        "{value:?} is not a duration: use a number and a unit (ms, s, m, h, d), e.g. 30s, 15m, 7d or 1h30m"
-    )]
+    #[error("{value:?} is not a duration: use a number and a unit (ms, s, m, h, d), e.g. 30s, 15m, 7d or 1h30m")]
     BadDuration {
         /// The rejected text.
         value: String,
@@ -82,9 +80,7 @@ impl FromStr for Duration {
     type Err = QuantityError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || QuantityError::BadDuration {
-            value: s.to_owned(),
-        };
+        let bad = || QuantityError::BadDuration { value: s.to_owned() };
         if s.is_empty() {
             return Err(bad());
         }
@@ -99,9 +95,7 @@ impl FromStr for Duration {
             if start == i {
                 return Err(bad());
             }
-            let n: u128 = s[start..i].parse().map_err(|_| QuantityError::TooLarge {
-                value: s.to_owned(),
-            })?;
+            let n: u128 = s[start..i].parse().map_err(|_| QuantityError::TooLarge { value: s.to_owned() })?;
             let unit_ms: u128 = if s[i..].starts_with("ms") {
                 i += 2;
                 1
@@ -119,15 +113,11 @@ impl FromStr for Duration {
             total = n
                 .checked_mul(unit_ms)
                 .and_then(|v| total.checked_add(v))
-                .ok_or_else(|| QuantityError::TooLarge {
-                    value: s.to_owned(),
-                })?;
+                .ok_or_else(|| QuantityError::TooLarge { value: s.to_owned() })?;
         }
         // JetStream takes nanoseconds as i64.
         if total > (i64::MAX as u128) / 1_000_000 {
-            return Err(QuantityError::TooLarge {
-                value: s.to_owned(),
-            });
+            return Err(QuantityError::TooLarge { value: s.to_owned() });
         }
         Ok(Self(StdDuration::from_millis(total as u64)))
     }
@@ -140,13 +130,7 @@ impl fmt::Display for Duration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [
-            ("d", 86_400_000u128),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1_000),
-            ("ms", 1),
-        ] {
+        for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
             if ms >= size {
                 write!(f, "{}{unit}", ms / size)?;
                 ms %= size;
@@ -212,9 +196,7 @@ impl FromStr for ByteSize {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let digits = s.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(QuantityError::BadBytes {
-                value: s.to_owned(),
-            });
+            return Err(QuantityError::BadBytes { value: s.to_owned() });
         }
         let mult: u64 = match &s[digits..] {
             "" => 1,
@@ -231,14 +213,10 @@ impl FromStr for ByteSize {
             "Pi" => 1 << 50,
             "Ei" => 1 << 60,
             _ => {
-                return Err(QuantityError::BadBytes {
-                    value: s.to_owned(),
-                });
+                return Err(QuantityError::BadBytes { value: s.to_owned() });
             }
         };
-        let too_large = || QuantityError::TooLarge {
-            value: s.to_owned(),
-        };
+        let too_large = || QuantityError::TooLarge { value: s.to_owned() };
         let n: u64 = s[..digits].parse().map_err(|_| too_large())?;
         let v = n.checked_mul(mult).ok_or_else(too_large)?;
         // JetStream takes sizes as i64.
@@ -253,14 +231,7 @@ impl fmt::Display for ByteSize {
     /// Canonical form: the largest binary suffix that divides exactly, else plain bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        for (suffix, shift) in [
-            ("Ei", 60),
-            ("Pi", 50),
-            ("Ti", 40),
-            ("Gi", 30),
-            ("Mi", 20),
-            ("Ki", 10),
-        ] {
+        for (suffix, shift) in [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
             if n != 0 && n % (1u64 << shift) == 0 {
                 return write!(f, "{}{suffix}", n >> shift);
             }
@@ -294,9 +265,7 @@ impl<'de> Deserialize<'de> for ByteSize {
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
                 if v < 0 {
-                    return Err(E::custom(QuantityError::BadBytes {
-                        value: v.to_string(),
-                    }));
+                    return Err(E::custom(QuantityError::BadBytes { value: v.to_string() }));
                 }
                 self.visit_u64(v as u64)
             }
@@ -348,22 +317,8 @@ mod tests {
 
     #[test]
     fn bad_durations_are_refused() {
-        for text in [
-            "",
-            "-5s",
-            "5",
-            "s",
-            "5 s",
-            "1.5s",
-            "5sec",
-            "5y",
-            "99999999999999999999d",
-            "1h-3m",
-        ] {
-            assert!(
-                text.parse::<Duration>().is_err(),
-                "{text:?} should be refused"
-            );
+        for text in ["", "-5s", "5", "s", "5 s", "1.5s", "5sec", "5y", "99999999999999999999d", "1h-3m"] {
+            assert!(text.parse::<Duration>().is_err(), "{text:?} should be refused");
         }
     }
 

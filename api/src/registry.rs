@@ -182,11 +182,7 @@ impl ResolvedDelivery {
     /// The nak delay after the given (1-based) failed attempt.
     pub fn backoff_for(&self, attempt: u64) -> Duration {
         let i = (attempt.max(1) - 1) as usize;
-        self.backoff
-            .get(i)
-            .or(self.backoff.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(1))
+        self.backoff.get(i).or(self.backoff.last()).copied().unwrap_or(Duration::from_secs(1))
     }
 }
 
@@ -245,10 +241,7 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: &str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.to_owned(),
-            message: message.into(),
-        }
+        Self { field: field.to_owned(), message: message.into() }
     }
 }
 
@@ -260,12 +253,10 @@ pub fn check_listener(spec: &ListenerSpec) -> Vec<FieldError> {
             "spec.source",
             "source must name exactly one of store or inbox, e.g. {store: orders}",
         )),
-        (None, Some(_)) if !spec.subjects.is_empty() && !spec.types.is_empty() => {
-            errs.push(FieldError::new(
-                "spec.subjects",
-                "an inbox's subject is the event type: give types or subjects, not both",
-            ))
-        }
+        (None, Some(_)) if !spec.subjects.is_empty() && !spec.types.is_empty() => errs.push(FieldError::new(
+            "spec.subjects",
+            "an inbox's subject is the event type: give types or subjects, not both",
+        )),
         _ => {}
     }
     if let (Some(t), Some(a)) = (spec.delivery.timeout, spec.delivery.ack_wait)
@@ -273,25 +264,20 @@ pub fn check_listener(spec: &ListenerSpec) -> Vec<FieldError> {
     {
         errs.push(FieldError::new(
             "spec.delivery.timeout",
-            format!("timeout {t} must be shorter than ackWait {a}, or JetStream redelivers while the app is still working"),
+            format!(
+                "timeout {t} must be shorter than ackWait {a}, or JetStream redelivers while the app is still working"
+            ),
         ));
     }
     if spec.delivery.backoff.as_ref().is_some_and(|b| b.is_empty()) {
-        errs.push(FieldError::new(
-            "spec.delivery.backoff",
-            "backoff needs at least one delay, or leave it out",
-        ));
+        errs.push(FieldError::new("spec.delivery.backoff", "backoff needs at least one delay, or leave it out"));
     }
     errs
 }
 
 impl ListenerRecord {
     /// Resolves a listener against its node's delivery defaults.
-    pub fn resolve(
-        meta: Meta,
-        spec: &ListenerSpec,
-        node: &NodeSpec,
-    ) -> Result<Self, Vec<FieldError>> {
+    pub fn resolve(meta: Meta, spec: &ListenerSpec, node: &NodeSpec) -> Result<Self, Vec<FieldError>> {
         let mut errs = check_listener(spec);
         if !errs.is_empty() {
             return Err(errs);
@@ -299,18 +285,12 @@ impl ListenerRecord {
         let ns = &meta.namespace;
         let (source, stream, prefix) = match (&spec.source.store, &spec.source.inbox) {
             (Some(s), _) => (
-                SourceRef {
-                    kind: Kind::EventStore,
-                    name: s.clone(),
-                },
+                SourceRef { kind: Kind::EventStore, name: s.clone() },
                 naming::store_stream(ns, s),
                 naming::store_subject_prefix(ns, s),
             ),
             (None, Some(n)) => (
-                SourceRef {
-                    kind: Kind::Node,
-                    name: n.clone(),
-                },
+                SourceRef { kind: Kind::Node, name: n.clone() },
                 naming::inbox_stream(ns, n),
                 naming::inbox_subject_prefix(ns, n),
             ),
@@ -333,28 +313,18 @@ impl ListenerRecord {
         }
         relative.sort();
         relative.dedup();
-        let filter_subjects = relative
-            .iter()
-            .map(|r| naming::join_subject(&prefix, r))
-            .collect();
+        let filter_subjects = relative.iter().map(|r| naming::join_subject(&prefix, r)).collect();
 
         let d = &spec.delivery;
         let nd = &node.delivery;
         let delivery = ResolvedDelivery {
             mode: d.mode,
-            path: d
-                .path
-                .clone()
-                .unwrap_or_else(|| DEFAULT_PUSH_PATH.to_owned()),
+            path: d.path.clone().unwrap_or_else(|| DEFAULT_PUSH_PATH.to_owned()),
             timeout: d.timeout.unwrap_or(DEFAULT_PUSH_TIMEOUT),
             ack_wait: d.ack_wait.unwrap_or(nd.ack_wait),
             max_deliver: d.max_deliver.or(nd.max_deliver),
             backoff: d.backoff.clone().unwrap_or_else(|| nd.backoff.clone()),
-            max_in_flight: if d.ordered {
-                1
-            } else {
-                d.max_in_flight.unwrap_or(nd.max_in_flight)
-            },
+            max_in_flight: if d.ordered { 1 } else { d.max_in_flight.unwrap_or(nd.max_in_flight) },
             ordered: d.ordered,
             exactly_once: nd.exactly_once,
         };
@@ -368,10 +338,7 @@ impl ListenerRecord {
             ));
         }
         if delivery.backoff.is_empty() {
-            errs.push(FieldError::new(
-                "spec.delivery.backoff",
-                "the node's backoff is empty: give at least one delay",
-            ));
+            errs.push(FieldError::new("spec.delivery.backoff", "the node's backoff is empty: give at least one delay"));
         }
         if !errs.is_empty() {
             return Err(errs);
@@ -402,11 +369,7 @@ impl ListenerRecord {
 
     /// True when an event of this type is for this listener.
     pub fn wants_type(&self, event_type: &str) -> bool {
-        self.types.is_empty()
-            || self
-                .types
-                .iter()
-                .any(|f| crate::names::type_matches(f, event_type))
+        self.types.is_empty() || self.types.iter().any(|f| crate::names::type_matches(f, event_type))
     }
 }
 

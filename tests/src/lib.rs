@@ -19,26 +19,19 @@ use std::{
 
 /// The workspace root (where `Cargo.toml` and `.tools/` live).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
 }
 
 /// Path of one of the project's binaries in the same profile as the tests.
 ///
 /// The binaries are built by `cargo build --workspace --bins` (the test script does this first).
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     // Tests run from target/<profile>/deps/, so the binaries sit next to that.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| target.join("debug"));
+    let profile_dir =
+        exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| target.join("debug"));
     let p = profile_dir.join(name);
     assert!(
         p.exists(),
@@ -62,11 +55,7 @@ pub fn nats_server_bin() -> PathBuf {
 
 /// A free loopback TCP port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// A scratch directory removed on drop.
@@ -78,8 +67,7 @@ impl TempDir {
     pub fn new(prefix: &str) -> Self {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p =
-            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{}", std::process::id(), nanos()));
+        let p = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{}", std::process::id(), nanos()));
         std::fs::create_dir_all(&p).expect("create temp dir");
         Self(p)
     }
@@ -96,10 +84,7 @@ impl Drop for TempDir {
 }
 
 fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 /// One real nats-server with JetStream on file storage.
@@ -126,11 +111,7 @@ impl NatsServer {
     /// A single server with `max_payload` set (bytes), for large-payload tests.
     pub fn start_with_max_payload(max_payload: usize) -> Self {
         let dir = TempDir::new("cw-nats");
-        std::fs::write(
-            dir.path().join("extra.conf"),
-            format!("max_payload: {max_payload}\n"),
-        )
-        .expect("write conf");
+        std::fs::write(dir.path().join("extra.conf"), format!("max_payload: {max_payload}\n")).expect("write conf");
         Self::spawn("n1".into(), dir, 0, None)
     }
 
@@ -142,10 +123,7 @@ impl NatsServer {
             store.display()
         );
         if let Some((cport, routes)) = &cluster {
-            let routes: Vec<String> = routes
-                .iter()
-                .map(|p| format!("nats://127.0.0.1:{p}"))
-                .collect();
+            let routes: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
             conf.push_str(&format!(
                 "cluster {{\n  name: cw\n  listen: 127.0.0.1:{cport}\n  routes: [{}]\n}}\n",
                 routes.join(", ")
@@ -156,34 +134,17 @@ impl NatsServer {
         let ports_dir = dir.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir).expect("ports dir");
-        let port_arg = if port == 0 {
-            "-1".to_string()
-        } else {
-            port.to_string()
-        };
+        let port_arg = if port == 0 { "-1".to_string() } else { port.to_string() };
         let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log file");
         let child = Command::new(nats_server_bin())
             .arg("-c")
             .arg(&conf_path)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port_arg,
-                "-m",
-                "-1",
-                "--ports_file_dir",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-m", "-1", "--ports_file_dir"])
             .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e}; run scripts/setup.sh",
-                    nats_server_bin().display()
-                )
-            });
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}; run scripts/setup.sh", nats_server_bin().display()));
         let pid = child.id();
         let ports_file = ports_dir.join(format!("nats-server_{pid}.ports"));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -193,31 +154,13 @@ impl NatsServer {
             {
                 break v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not write its ports file"
-            );
+            assert!(Instant::now() < deadline, "nats-server did not write its ports file");
             std::thread::sleep(Duration::from_millis(20));
         };
         let url = ports["nats"][0].as_str().expect("nats url").to_string();
-        let monitor = ports["monitoring"][0]
-            .as_str()
-            .expect("monitoring url")
-            .to_string();
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        let s = Self {
-            child: Some(child),
-            dir,
-            url,
-            port,
-            monitor,
-            name,
-            cluster,
-        };
+        let monitor = ports["monitoring"][0].as_str().expect("monitoring url").to_string();
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let s = Self { child: Some(child), dir, url, port, monitor, name, cluster };
         if s.cluster.is_none() {
             s.wait_healthy(Duration::from_secs(20));
         }
@@ -244,9 +187,7 @@ impl NatsServer {
 
     /// A connected client.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url)
-            .await
-            .expect("connect to nats-server")
+        async_nats::connect(&self.url).await.expect("connect to nats-server")
     }
 
     /// Stops the server with SIGKILL (a crash) and waits for it.
@@ -275,9 +216,7 @@ impl NatsServer {
 
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Starts the server again on the same port with the same store (after `kill` or `stop`).
@@ -290,8 +229,7 @@ impl NatsServer {
 
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.name)))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.name))).unwrap_or_default()
     }
 
     /// Its data directory.
@@ -320,12 +258,7 @@ impl Cluster {
         let nodes: Vec<NatsServer> = (0..3)
             .map(|i| {
                 let routes: Vec<u16> = cports.iter().copied().filter(|p| *p != cports[i]).collect();
-                NatsServer::spawn(
-                    format!("n{}", i + 1),
-                    TempDir::new("cw-nats"),
-                    0,
-                    Some((cports[i], routes)),
-                )
+                NatsServer::spawn(format!("n{}", i + 1), TempDir::new("cw-nats"), 0, Some((cports[i], routes)))
             })
             .collect();
         let c = Self { nodes };
@@ -337,23 +270,14 @@ impl Cluster {
 
     /// Client URLs of all nodes, comma-separated (for a client that fails over).
     pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| n.url.clone())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>().join(",")
     }
 
     /// A client that knows every node.
     pub async fn client(&self) -> async_nats::Client {
-        let addrs: Vec<async_nats::ServerAddr> = self
-            .nodes
-            .iter()
-            .map(|n| n.url.parse().expect("server addr"))
-            .collect();
-        async_nats::connect(addrs)
-            .await
-            .expect("connect to cluster")
+        let addrs: Vec<async_nats::ServerAddr> =
+            self.nodes.iter().map(|n| n.url.parse().expect("server addr")).collect();
+        async_nats::connect(addrs).await.expect("connect to cluster")
     }
 }
 
@@ -366,10 +290,7 @@ pub fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
 
@@ -384,10 +305,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
