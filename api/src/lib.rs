@@ -6,12 +6,14 @@
 //! - [`quantity`]: durations and byte sizes as manifests write them;
 //! - [`envelope`]: the event on the wire (MessagePack) and at the app (JSON);
 //! - [`causal`]: causal context and the Lamport clock;
+//! - [`check`]: rules relating two spec fields;
 //! - [`registry`]: the resolved records sidecars read from `CW_REGISTRY`.
 //!
 //! Pure: no I/O.
 #![forbid(unsafe_code)]
 
 pub mod causal;
+pub mod check;
 pub mod crd;
 pub mod envelope;
 pub mod names;

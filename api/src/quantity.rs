@@ -57,6 +57,13 @@ impl Duration {
     pub const fn get(self) -> StdDuration {
         self.0
     }
+    /// The smaller of `self` and `other`, where an unset or zero `other` means no limit.
+    pub fn min_nonzero(self, other: Option<Duration>) -> Duration {
+        match other {
+            Some(o) if !o.is_zero() => self.min(o),
+            _ => self,
+        }
+    }
     /// True for `0s`.
     pub fn is_zero(self) -> bool {
         self.0.is_zero()

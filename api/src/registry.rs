@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    check::FieldError,
     crd::{AppSpec, DeliveryMode, EventStoreSpec, ListenerSpec, NodeSpec},
     names::{DnsLabel, is_wildcard},
     naming::{self, Kind},
@@ -229,56 +230,10 @@ pub struct ListenerRecord {
     pub spec: ListenerSpec,
 }
 
-/// A field-level problem with a spec that serde and the schema cannot see.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    /// Dotted path below the object, e.g. `spec.delivery.timeout`.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_owned(), message: message.into() }
-    }
-}
-
-/// Checks a listener spec on its own (no node needed).
-pub fn check_listener(spec: &ListenerSpec) -> Vec<FieldError> {
-    let mut errs = Vec::new();
-    match (&spec.source.store, &spec.source.inbox) {
-        (Some(_), Some(_)) | (None, None) => errs.push(FieldError::new(
-            "spec.source",
-            "source must name exactly one of store or inbox, e.g. {store: orders}",
-        )),
-        (None, Some(_)) if !spec.subjects.is_empty() && !spec.types.is_empty() => errs.push(FieldError::new(
-            "spec.subjects",
-            "an inbox's subject is the event type: give types or subjects, not both",
-        )),
-        _ => {}
-    }
-    if let (Some(t), Some(a)) = (spec.delivery.timeout, spec.delivery.ack_wait)
-        && t >= a
-    {
-        errs.push(FieldError::new(
-            "spec.delivery.timeout",
-            format!(
-                "timeout {t} must be shorter than ackWait {a}, or JetStream redelivers while the app is still working"
-            ),
-        ));
-    }
-    if spec.delivery.backoff.as_ref().is_some_and(|b| b.is_empty()) {
-        errs.push(FieldError::new("spec.delivery.backoff", "backoff needs at least one delay, or leave it out"));
-    }
-    errs
-}
-
 impl ListenerRecord {
     /// Resolves a listener against its node's delivery defaults.
     pub fn resolve(meta: Meta, spec: &ListenerSpec, node: &NodeSpec) -> Result<Self, Vec<FieldError>> {
-        let mut errs = check_listener(spec);
+        let mut errs = crate::check::check_listener(spec);
         if !errs.is_empty() {
             return Err(errs);
         }

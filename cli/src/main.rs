@@ -1,1 +1,86 @@
-fn main() {}
+//! `causeway`: apply manifests to NATS JetStream, run a local dev environment, generate CRDs.
+#![forbid(unsafe_code)]
+
+mod apply;
+mod demo_app;
+mod dev;
+mod nats;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for invalid input (manifests, flags): nothing was changed.
+pub const EXIT_INVALID: u8 = 2;
+/// Exit code when something was not applied or is not ready.
+pub const EXIT_NOT_READY: u8 = 1;
+
+/// Causeway: a unified event space on NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "causeway", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate manifests and reconcile them into JetStream streams, KV buckets and consumers.
+    ///
+    /// Prints one line per object: created, updated, unchanged or error. Exits 0 only when
+    /// everything is applied and ready, 1 when something is not, 2 when a manifest is invalid
+    /// (then nothing is changed).
+    Apply(apply::ApplyArgs),
+    /// Run Causeway locally: a nats-server (data in ./.causeway), the examples applied,
+    /// one sidecar per Node, and the demo apps. Ctrl-C stops everything.
+    Dev(dev::DevArgs),
+    /// Write the CRDs generated from the types (crds/*.yaml).
+    Crdgen {
+        /// Directory to write to, or `-` for stdout.
+        #[arg(long, short, default_value = "crds")]
+        out: PathBuf,
+    },
+    /// A tiny app for the demo: logs every pushed event and optionally replies with events.
+    DemoApp(demo_app::DemoAppArgs),
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CAUSEWAY_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Apply(a) => apply::run(a).await,
+        Command::Dev(d) => dev::run(d).await,
+        Command::Crdgen { out } => crdgen(&out),
+        Command::DemoApp(a) => demo_app::run(a).await,
+    }
+}
+
+fn crdgen(out: &std::path::Path) -> ExitCode {
+    let files = causeway_operator::crdgen::render();
+    if out.as_os_str() == "-" {
+        for (_, yaml) in files {
+            print!("---\n{yaml}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = std::fs::create_dir_all(out) {
+        eprintln!("error: cannot create {}: {e}", out.display());
+        return ExitCode::from(EXIT_NOT_READY);
+    }
+    for (name, yaml) in files {
+        let p = out.join(name);
+        if let Err(e) = std::fs::write(&p, yaml) {
+            eprintln!("error: cannot write {}: {e}", p.display());
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+        println!("wrote {}", p.display());
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,325 @@
+//! `causeway dev`: the whole thing on a laptop.
+//!
+//! Starts a nats-server (JetStream on file storage under `./.causeway`, `sync_interval: always`),
+//! applies `examples/`, starts one sidecar per Node and a demo app per Node that has an app
+//! port, prints where everything listens, re-applies periodically (drift correction), and stops
+//! everything cleanly on Ctrl-C.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{ExitCode, Stdio},
+    time::Duration,
+};
+
+use causeway_api::{crd::NodeSpec, quantity, registry::MANAGER_APPLY};
+use causeway_operator::{
+    jetstream::{Action, Reconciler, Spec},
+    local::{self, LineResult, Options},
+    manifest::{self, Loaded},
+};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+use crate::{EXIT_INVALID, EXIT_NOT_READY};
+
+/// Annotation on a Node: reply rules for its demo app, `TYPE=NODE:NEWTYPE,...`.
+pub const DEMO_REPLY_ANNOTATION: &str = "causeway.dev/demo-reply";
+
+/// Flags of `causeway dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Manifests to apply (files or directories).
+    #[arg(short = 'f', long = "filename", default_value = "examples")]
+    pub paths: Vec<PathBuf>,
+    /// Where nats-server keeps its data and Causeway its logs.
+    #[arg(long, default_value = ".causeway")]
+    pub data: PathBuf,
+    /// NATS client port.
+    #[arg(long, default_value_t = 4222)]
+    pub nats_port: u16,
+    /// NATS monitoring port.
+    #[arg(long, default_value_t = 8222)]
+    pub monitor_port: u16,
+    /// Port of the first sidecar; the next Nodes get the following ports.
+    #[arg(long, default_value_t = 4480)]
+    pub sidecar_port: u16,
+    /// The nats-server binary (default: $NATS_SERVER_BIN, .tools/bin/nats-server, then PATH).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// Do not start the demo apps.
+    #[arg(long)]
+    pub no_demo_apps: bool,
+    /// How often to re-apply the manifests (restores objects changed behind Causeway's back).
+    #[arg(long, default_value = "30s")]
+    pub resync: quantity::Duration,
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+struct Proc {
+    what: String,
+    child: Child,
+}
+
+async fn stop_all(mut procs: Vec<Proc>) {
+    use nix::{sys::signal, unistd::Pid};
+    // Apps and sidecars first, the server last, so sidecars can nak in-flight work.
+    procs.reverse();
+    for p in &mut procs {
+        if let Some(id) = p.child.id() {
+            let _ = signal::kill(Pid::from_raw(id as i32), signal::Signal::SIGTERM);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("{} did not stop in 10s; killing it", p.what);
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}
+
+fn version_ok(bin: &Path) -> Option<String> {
+    let out = std::process::Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = text.trim().rsplit('v').next()?.to_owned();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next()?, parts.next()?);
+    (major > 2 || (major == 2 && minor >= 11)).then_some(v)
+}
+
+/// Finds a nats-server >= 2.11.
+pub fn find_nats_server(explicit: Option<&Path>) -> Result<(PathBuf, String), String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = explicit {
+        candidates.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        candidates.push(p.into());
+    }
+    candidates.push(PathBuf::from(".tools/bin/nats-server"));
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/causeway → <repo>/.tools/bin/nats-server
+        for dir in exe.ancestors().skip(1).take(4) {
+            candidates.push(dir.join(".tools/bin/nats-server"));
+        }
+    }
+    candidates.push(PathBuf::from("nats-server"));
+    for c in &candidates {
+        if let Some(v) = version_ok(c) {
+            return Ok((c.clone(), v));
+        }
+    }
+    Err("no nats-server >= 2.11 found (looked at --nats-server, $NATS_SERVER_BIN, .tools/bin and PATH): run scripts/setup.sh, which installs one into .tools/".into())
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn sibling_bin(name: &str) -> Option<PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.join(name);
+    p.exists().then_some(p)
+}
+
+async fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+pub async fn run(a: DevArgs) -> ExitCode {
+    let (objects, errs) = manifest::load(&a.paths);
+    if !errs.is_empty() {
+        for e in &errs {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::from(EXIT_INVALID);
+    }
+    let (server, version) = match find_nats_server(a.nats_server.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+    };
+    for (port, flag) in [(a.nats_port, "--nats-port"), (a.monitor_port, "--monitor-port")] {
+        if !port_free(port) {
+            eprintln!("error: port {port} is in use (another nats-server or causeway dev?): stop it or pass {flag}");
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+    }
+    let logs = a.data.join("logs");
+    if let Err(e) = std::fs::create_dir_all(&logs) {
+        eprintln!("error: cannot create {}: {e}", logs.display());
+        return ExitCode::from(EXIT_NOT_READY);
+    }
+    let store = std::path::absolute(a.data.join("jetstream")).unwrap_or_else(|_| a.data.join("jetstream"));
+    let conf = a.data.join("nats.conf");
+    // sync_interval: always — acknowledged writes are on disk (see docs/durability.md).
+    let conf_text = format!(
+        "server_name: causeway-dev\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+        a.nats_port,
+        a.monitor_port,
+        store.display()
+    );
+    if let Err(e) = std::fs::write(&conf, conf_text) {
+        eprintln!("error: cannot write {}: {e}", conf.display());
+        return ExitCode::from(EXIT_NOT_READY);
+    }
+    let mut procs = Vec::new();
+    let log_file = |name: &str| std::fs::File::create(logs.join(name)).map(Stdio::from).unwrap_or(Stdio::null());
+    match Command::new(&server)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(log_file("nats-server.log"))
+        .stderr(log_file("nats-server.err.log"))
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => procs.push(Proc { what: "nats-server".into(), child }),
+        Err(e) => {
+            eprintln!("error: cannot start {}: {e}", server.display());
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+    }
+    let url = format!("nats://127.0.0.1:{}", a.nats_port);
+    if !wait_for_port(a.nats_port, Duration::from_secs(15)).await {
+        eprintln!("error: nats-server did not start; see {}", logs.join("nats-server.err.log").display());
+        stop_all(procs).await;
+        return ExitCode::from(EXIT_NOT_READY);
+    }
+    let client = match async_nats::connect(&url).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot connect to {url}: {e}");
+            stop_all(procs).await;
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+    };
+    let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY);
+    println!(
+        "nats-server v{version} on {url} (monitoring http://127.0.0.1:{}, data {})",
+        a.monitor_port,
+        store.display()
+    );
+    match local::apply(&reconciler, &objects, Options::default()).await {
+        Ok(report) => {
+            for l in &report.lines {
+                println!("  {l}");
+            }
+        }
+        Err(e) => eprintln!("error: apply failed: {e}"),
+    }
+
+    let nodes: Vec<(&Loaded, &NodeSpec)> = objects
+        .iter()
+        .filter_map(|l| match &l.object.spec {
+            Spec::Node(n) => Some((l, n)),
+            _ => None,
+        })
+        .collect();
+    let sidecar = sibling_bin("causeway-sidecar");
+    let mut table = Vec::new();
+    for (i, (l, spec)) in nodes.iter().enumerate() {
+        let (ns, name) = (&l.object.meta.namespace, &l.object.meta.name);
+        let port = a.sidecar_port + i as u16;
+        let mut line = format!("  sidecar {ns}/{name:<12} http://127.0.0.1:{port}");
+        if let Some(bin) = &sidecar {
+            let mut cmd = Command::new(bin);
+            cmd.env("CAUSEWAY_NODE", name.as_str())
+                .env("CAUSEWAY_NAMESPACE", ns.as_str())
+                .env("CAUSEWAY_NATS_URL", &url)
+                .env("CAUSEWAY_PORT", port.to_string())
+                .stdout(log_file(&format!("sidecar-{ns}-{name}.log")))
+                .stderr(log_file(&format!("sidecar-{ns}-{name}.err.log")))
+                .kill_on_drop(true);
+            if let Some(p) = spec.app.port {
+                cmd.env("CAUSEWAY_APP_PORT", p.to_string());
+            }
+            match cmd.spawn() {
+                Ok(child) => procs.push(Proc { what: format!("sidecar {ns}/{name}"), child }),
+                Err(e) => line.push_str(&format!("  (failed to start: {e})")),
+            }
+        } else {
+            line.push_str("  (not started: causeway-sidecar is not built next to causeway)");
+        }
+        if let Some(app_port) = spec.app.port {
+            line.push_str(&format!("  -> app 127.0.0.1:{app_port}"));
+            if !a.no_demo_apps {
+                let rules = l.annotations.get(DEMO_REPLY_ANNOTATION).cloned().unwrap_or_default();
+                let mut cmd = Command::new(std::env::current_exe().unwrap_or_else(|_| "causeway".into()));
+                cmd.args(["demo-app", "--name", &format!("{ns}/{name}"), "--port", &app_port.to_string()]);
+                match crate::demo_app::parse_rules(&rules) {
+                    Ok(rs) => {
+                        for (t, n, nt) in rs {
+                            cmd.arg("--reply").arg(format!("{t}={n}:{nt}"));
+                        }
+                    }
+                    Err(e) => eprintln!("warning: {ns}/{name}: annotation {DEMO_REPLY_ANNOTATION}: {e}"),
+                }
+                cmd.kill_on_drop(true);
+                match cmd.spawn() {
+                    Ok(child) => {
+                        procs.push(Proc { what: format!("demo app {ns}/{name}"), child });
+                        line.push_str(" (demo app)");
+                    }
+                    Err(e) => line.push_str(&format!(" (demo app failed: {e})")),
+                }
+            }
+        }
+        table.push(line);
+    }
+    println!("Causeway dev is up. Ctrl-C stops everything. Logs in {}", logs.display());
+    for l in &table {
+        println!("{l}");
+    }
+    if let Some((l, _)) = nodes.first() {
+        println!("Try:");
+        println!(
+            "  curl -s -XPOST localhost:{}/v1/nodes/inventory/events -H 'content-type: application/json' -d '{{\"type\":\"order-placed\",\"payload\":{{\"orderId\":\"123\"}}}}'",
+            a.sidecar_port
+        );
+        let _ = l;
+    }
+
+    let resync = a.resync.get().max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(resync);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = tick.tick() => {
+                // Re-read the manifests so edits are picked up; invalid edits are reported and skipped.
+                let (objs, errs) = manifest::load(&a.paths);
+                for e in &errs { eprintln!("error: {e}"); }
+                if errs.is_empty() && let Ok(report) = local::apply(&reconciler, &objs, Options::default()).await {
+                    for l in &report.lines {
+                        let changed = match &l.result {
+                            LineResult::Applied(o) => o.action != Action::Unchanged || !o.readiness.ready,
+                            _ => true,
+                        };
+                        if changed { println!("resync: {l}"); }
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping…");
+    stop_all(procs).await;
+    println!("stopped; data kept in {}", a.data.display());
+    ExitCode::SUCCESS
+}

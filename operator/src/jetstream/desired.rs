@@ -1,0 +1,197 @@
+//! Spec → desired JetStream configuration. Pure: no I/O.
+//!
+//! Every stream Causeway manages (stores, inboxes and the streams behind KV buckets) is described
+//! here as a `stream::Config`, and every listener as a consumer `Config`, so one diff and one apply
+//! path serve them all.
+
+use std::time::Duration as StdDuration;
+
+use async_nats::jetstream::{
+    consumer::{self, AckPolicy, DeliverPolicy, ReplayPolicy},
+    stream::{self, Compression, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use causeway_api::{
+    DnsLabel,
+    crd::{self, Retention, RetentionKind, StartAt},
+    naming::{self, REGISTRY_BUCKET},
+    quantity::Duration,
+    registry::{ListenerRecord, NodeRecord, StoreRecord},
+};
+
+/// Duplicate window when a spec does not give one (JetStream's own default).
+const DEFAULT_DUPLICATE_WINDOW: StdDuration = StdDuration::from_secs(120);
+
+fn storage(s: crd::StorageType) -> StorageType {
+    match s {
+        crd::StorageType::File => StorageType::File,
+        crd::StorageType::Memory => StorageType::Memory,
+    }
+}
+
+fn retention_kind(k: RetentionKind) -> RetentionPolicy {
+    match k {
+        RetentionKind::Limits => RetentionPolicy::Limits,
+        RetentionKind::Interest => RetentionPolicy::Interest,
+        RetentionKind::WorkQueue => RetentionPolicy::WorkQueue,
+    }
+}
+
+fn limit(v: Option<i64>) -> i64 {
+    v.unwrap_or(-1)
+}
+
+fn age(v: Option<Duration>) -> StdDuration {
+    v.map(Duration::get).unwrap_or_default()
+}
+
+/// A window no longer than the max age (JetStream refuses a longer one).
+fn window(want: StdDuration, max_age: StdDuration) -> StdDuration {
+    if max_age.is_zero() { want } else { want.min(max_age) }
+}
+
+fn with_retention(mut c: stream::Config, r: &Retention) -> stream::Config {
+    c.retention = retention_kind(r.kind);
+    c.max_age = age(r.max_age);
+    c.max_bytes = r.max_bytes.map(|b| b.get() as i64).unwrap_or(-1);
+    c.max_messages = limit(r.max_events);
+    c.max_messages_per_subject = limit(r.max_events_per_subject);
+    c
+}
+
+fn base(name: String, subjects: Vec<String>, description: String) -> stream::Config {
+    stream::Config {
+        name,
+        subjects,
+        description: Some(description),
+        max_bytes: -1,
+        max_messages: -1,
+        max_messages_per_subject: -1,
+        max_consumers: -1,
+        max_message_size: -1,
+        num_replicas: 1,
+        // Direct get lets sidecars load events and KV entries from any replica.
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The stream of an EventStore.
+pub fn store_stream(rec: &StoreRecord) -> stream::Config {
+    let s = &rec.spec;
+    let mut c = base(
+        rec.stream.clone(),
+        vec![naming::join_subject(&rec.subject_prefix, ">")],
+        format!("Causeway EventStore {}/{}", rec.meta.namespace, rec.meta.name),
+    );
+    c = with_retention(c, &s.retention);
+    c.storage = storage(s.storage);
+    c.num_replicas = s.replicas.get() as usize;
+    c.duplicate_window = s.duplicate_window.get();
+    c.discard = match s.discard {
+        crd::Discard::Old => DiscardPolicy::Old,
+        crd::Discard::New => DiscardPolicy::New,
+    };
+    c.compression = Some(match s.compression {
+        crd::Compression::None => Compression::None,
+        crd::Compression::S2 => Compression::S2,
+    });
+    c.allow_atomic_publish = s.allow_atomic_batch;
+    c
+}
+
+/// The inbox stream of a Node.
+pub fn inbox_stream(rec: &NodeRecord) -> stream::Config {
+    let i = &rec.spec.inbox;
+    let mut c = base(
+        rec.inbox_stream.clone(),
+        vec![naming::join_subject(&rec.inbox_subject_prefix, ">")],
+        format!("Causeway Node {}/{} inbox", rec.meta.namespace, rec.meta.name),
+    );
+    c = with_retention(c, &i.retention);
+    c.storage = storage(i.storage);
+    c.num_replicas = i.replicas.get() as usize;
+    c.duplicate_window = window(DEFAULT_DUPLICATE_WINDOW, c.max_age);
+    c.compression = Some(Compression::None);
+    // Batch sends are all-or-nothing.
+    c.allow_atomic_publish = true;
+    c
+}
+
+/// The stream behind a KV bucket, shaped exactly as NATS KV clients expect.
+pub fn kv_stream(
+    bucket: &str,
+    description: String,
+    history: i64,
+    ttl: Option<Duration>,
+    replicas: usize,
+) -> stream::Config {
+    let mut c = base(format!("KV_{bucket}"), vec![format!("$KV.{bucket}.>")], description);
+    c.max_messages_per_subject = history.max(1);
+    c.max_age = age(ttl);
+    c.duplicate_window = window(DEFAULT_DUPLICATE_WINDOW, c.max_age);
+    c.storage = StorageType::File;
+    c.num_replicas = replicas;
+    c.allow_rollup = true;
+    c.deny_delete = true;
+    c.discard = DiscardPolicy::New;
+    c.compression = Some(Compression::None);
+    c
+}
+
+/// The state bucket of a Node.
+pub fn state_kv(rec: &NodeRecord) -> stream::Config {
+    kv_stream(
+        &rec.state_bucket,
+        format!("Causeway Node {}/{} state", rec.meta.namespace, rec.meta.name),
+        rec.spec.state.history as i64,
+        rec.spec.state.ttl,
+        rec.spec.inbox.replicas.get() as usize,
+    )
+}
+
+/// The global bucket of a namespace (created with its first Node or EventStore).
+pub fn global_kv(ns: &DnsLabel, replicas: usize) -> stream::Config {
+    kv_stream(&naming::global_bucket(ns), format!("Causeway global KV of namespace {ns}"), 1, None, replicas)
+}
+
+/// The registry bucket that sidecars watch.
+pub fn registry_kv(replicas: usize) -> stream::Config {
+    kv_stream(REGISTRY_BUCKET, "Causeway registry: resolved stores, nodes and listeners".into(), 1, None, replicas)
+}
+
+/// JetStream's deliver policy for a start position.
+pub fn deliver_policy(s: &StartAt) -> DeliverPolicy {
+    match s {
+        StartAt::New => DeliverPolicy::New,
+        StartAt::All => DeliverPolicy::All,
+        StartAt::Last => DeliverPolicy::Last,
+        StartAt::Sequence(n) => DeliverPolicy::ByStartSequence { start_sequence: *n },
+        StartAt::Time(t) => DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(t.timestamp_nanos_opt().unwrap_or(0) as i128)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        },
+    }
+}
+
+/// The durable consumer of a Listener. All replicas of the node share it.
+pub fn listener_consumer(rec: &ListenerRecord) -> consumer::Config {
+    let d = &rec.delivery;
+    let (filter_subject, filter_subjects) = match rec.filter_subjects.as_slice() {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
+    consumer::Config {
+        durable_name: Some(rec.consumer.clone()),
+        name: Some(rec.consumer.clone()),
+        description: Some(format!("Causeway Listener {}/{} (node {})", rec.meta.namespace, rec.meta.name, rec.node)),
+        deliver_policy: deliver_policy(&rec.spec.start_at),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: d.ack_wait.get(),
+        max_deliver: d.max_deliver.unwrap_or(-1),
+        filter_subject,
+        filter_subjects,
+        replay_policy: ReplayPolicy::Instant,
+        max_ack_pending: d.max_in_flight as i64,
+        ..Default::default()
+    }
+}

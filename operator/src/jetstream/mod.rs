@@ -1,0 +1,705 @@
+//! The reconcile core: spec → desired JetStream config → diff with the server → create or
+//! update only what differs → figures for the status.
+//!
+//! It knows nothing of Kubernetes beyond the spec types: the local driver (`causeway apply`)
+//! and the Kubernetes controller both call [`Reconciler::reconcile`] and [`Reconciler::cleanup`].
+//!
+//! Guarantees:
+//! - steady state makes no JetStream writes (only info requests and KV reads);
+//! - a change JetStream cannot make in place (storage, retention kind, a listener's start) leaves
+//!   the object untouched and reports `ImmutableFieldChanged` with how to migrate;
+//! - objects deleted or changed behind Causeway's back are restored by the next reconcile.
+
+pub mod desired;
+pub mod diff;
+
+use async_nats::jetstream::{
+    self, consumer,
+    context::{ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind, KeyValueErrorKind},
+    kv,
+    stream::{self, Stream},
+};
+use causeway_api::{
+    DnsLabel, Kind,
+    check::{self, FieldError},
+    crd::{DeletionPolicy, EventStoreSpec, ListenerSpec, NodeSpec},
+    naming::{self, REGISTRY_BUCKET},
+    registry::{ListenerRecord, Meta, NodeRecord, Record, StoreRecord},
+};
+use tracing::{debug, info};
+
+pub use diff::Change;
+
+use crate::error::{Error, Result};
+
+/// Condition reasons, as they appear in `status.conditions[].reason` and in `causeway apply`.
+pub mod reason {
+    /// Everything exists as the spec says.
+    pub const RECONCILED: &str = "Reconciled";
+    /// The spec asks for a change JetStream cannot make in place.
+    pub const IMMUTABLE_FIELD_CHANGED: &str = "ImmutableFieldChanged";
+    /// A listener's store, inbox or node does not exist (yet).
+    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    /// A listener's dead-letter store does not exist (yet).
+    pub const DEAD_LETTER_NOT_FOUND: &str = "DeadLetterNotFound";
+    /// The spec breaks a rule the schema cannot express.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// JetStream refused the configuration.
+    pub const JETSTREAM_REJECTED: &str = "JetStreamRejected";
+}
+
+/// A resource's spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    /// EventStore spec.
+    EventStore(EventStoreSpec),
+    /// Node spec.
+    Node(NodeSpec),
+    /// Listener spec.
+    Listener(ListenerSpec),
+}
+
+/// A resource to reconcile: who it is and what it asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// Namespace, name, generation and manager.
+    pub meta: Meta,
+    /// The spec.
+    pub spec: Spec,
+}
+
+impl Object {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self.spec {
+            Spec::EventStore(_) => Kind::EventStore,
+            Spec::Node(_) => Kind::Node,
+            Spec::Listener(_) => Kind::Listener,
+        }
+    }
+    /// Its registry key.
+    pub fn key(&self) -> String {
+        naming::registry_key(&self.meta.namespace, self.kind(), &self.meta.name)
+    }
+    /// What happens to its data on deletion (listeners hold no data: their consumer always goes).
+    pub fn deletion_policy(&self) -> DeletionPolicy {
+        match &self.spec {
+            Spec::EventStore(s) => s.deletion_policy,
+            Spec::Node(s) => s.deletion_policy,
+            Spec::Listener(_) => DeletionPolicy::Delete,
+        }
+    }
+    /// Spec rules the schema cannot express.
+    pub fn check(&self) -> Vec<FieldError> {
+        match &self.spec {
+            Spec::EventStore(s) => check::check_store(s),
+            Spec::Node(s) => check::check_node(s),
+            Spec::Listener(s) => check::check_listener(s),
+        }
+    }
+    /// `Kind namespace/name`.
+    pub fn display(&self) -> String {
+        format!("{} {}/{}", self.kind(), self.meta.namespace, self.meta.name)
+    }
+}
+
+/// Whether to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create and update.
+    Apply,
+    /// Only compute what would change.
+    DryRun,
+}
+
+/// What a reconcile did (or, in dry-run, would do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The main JetStream object was created.
+    Created,
+    /// Something was changed.
+    Updated,
+    /// Nothing needed changing.
+    Unchanged,
+}
+
+impl Action {
+    /// Lower-case word for output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// The Ready condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Ready=True?
+    pub ready: bool,
+    /// CamelCase reason (see [`reason`]).
+    pub reason: &'static str,
+    /// What happened, and how to fix it when not ready.
+    pub message: String,
+}
+
+impl Readiness {
+    fn ready(message: impl Into<String>) -> Self {
+        Self { ready: true, reason: reason::RECONCILED, message: message.into() }
+    }
+    fn not(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { ready: false, reason, message: message.into() }
+    }
+}
+
+/// Live figures read from the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Events in the stream (stores, inboxes).
+    pub events: Option<u64>,
+    /// Bytes in the stream.
+    pub bytes: Option<u64>,
+    /// First sequence.
+    pub first_sequence: Option<u64>,
+    /// Last sequence.
+    pub last_sequence: Option<u64>,
+    /// Consumer: not yet delivered.
+    pub num_pending: Option<u64>,
+    /// Consumer: delivered, not acked.
+    pub num_ack_pending: Option<u64>,
+    /// Consumer: redelivered, not acked.
+    pub redelivered: Option<u64>,
+}
+
+/// The result of one reconcile.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Created, updated or unchanged.
+    pub action: Action,
+    /// Field changes made (or planned, in dry-run), and immutable ones refused.
+    pub changes: Vec<Change>,
+    /// Ready condition.
+    pub readiness: Readiness,
+    /// Live figures.
+    pub figures: Figures,
+    /// The registry record (when resolved).
+    pub record: Option<Record>,
+}
+
+/// The result of one cleanup.
+#[derive(Debug, Clone, Default)]
+pub struct Cleanup {
+    /// JetStream objects deleted (or that would be, in dry-run).
+    pub deleted: Vec<String>,
+    /// JetStream objects kept because of `deletionPolicy: Retain`.
+    pub retained: Vec<String>,
+}
+
+enum Step {
+    Created,
+    Updated,
+    Unchanged,
+    Immutable,
+    Rejected(String),
+}
+
+struct StreamResult {
+    step: Step,
+    changes: Vec<Change>,
+    state: Option<stream::State>,
+}
+
+/// Talks to one JetStream account.
+#[derive(Clone)]
+pub struct Reconciler {
+    js: jetstream::Context,
+    manager: &'static str,
+    registry_replicas: usize,
+}
+
+impl Reconciler {
+    /// A reconciler writing registry records as `manager` (`operator` or `apply`).
+    pub fn new(client: async_nats::Client, manager: &'static str) -> Self {
+        Self { js: jetstream::new(client), manager, registry_replicas: 1 }
+    }
+
+    /// Replicas of the registry and global buckets when they are created (default 1).
+    pub fn with_registry_replicas(mut self, n: usize) -> Self {
+        self.registry_replicas = n;
+        self
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Who writes the records.
+    pub fn manager(&self) -> &'static str {
+        self.manager
+    }
+
+    /// Reconciles one object.
+    pub async fn reconcile(&self, obj: &Object, mode: Mode) -> Result<Outcome> {
+        let errs = obj.check();
+        if !errs.is_empty() {
+            return Ok(not_ready(reason::INVALID_SPEC, join(&errs)));
+        }
+        let registry = self.ensure_stream(&desired::registry_kv(self.registry_replicas), mode, true).await?;
+        let mut changes = registry.changes;
+        let mut created = false;
+        let mut updated = matches!(registry.step, Step::Created | Step::Updated);
+        let ns = &obj.meta.namespace;
+
+        let (record, streams, consumer): (Record, Vec<stream::Config>, Option<(String, consumer::Config)>) = match &obj
+            .spec
+        {
+            Spec::EventStore(spec) => {
+                let rec = StoreRecord::resolve(obj.meta.clone(), spec);
+                let streams = vec![desired::global_kv(ns, self.registry_replicas), desired::store_stream(&rec)];
+                (Record::EventStore(rec), streams, None)
+            }
+            Spec::Node(spec) => {
+                let rec = NodeRecord::resolve(obj.meta.clone(), spec);
+                let streams = vec![
+                    desired::global_kv(ns, self.registry_replicas),
+                    desired::inbox_stream(&rec),
+                    desired::state_kv(&rec),
+                ];
+                (Record::Node(rec), streams, None)
+            }
+            Spec::Listener(spec) => {
+                let node_key = naming::registry_key(ns, Kind::Node, &spec.node);
+                let Some(Record::Node(node)) = self.read_record_key(&node_key).await? else {
+                    return Ok(not_ready(
+                        reason::SOURCE_NOT_FOUND,
+                        format!(
+                            "node {:?} does not exist in namespace {ns}: create the Node, then this listener becomes ready",
+                            spec.node.as_str()
+                        ),
+                    ));
+                };
+                let rec = match ListenerRecord::resolve(obj.meta.clone(), spec, &node.spec) {
+                    Ok(r) => r,
+                    Err(errs) => return Ok(not_ready(reason::INVALID_SPEC, join(&errs))),
+                };
+                let want = desired::listener_consumer(&rec);
+                (Record::Listener(rec.clone()), Vec::new(), Some((rec.stream.clone(), want)))
+            }
+        };
+
+        let mut figures = Figures::default();
+        for (i, want) in streams.iter().enumerate() {
+            // The global bucket is shared by the namespace: created once, never reshaped by one object.
+            let create_only = want.name.starts_with("KV_CW_GL_");
+            let r = self.ensure_stream(want, mode, create_only).await?;
+            changes.extend(r.changes);
+            match r.step {
+                Step::Immutable => {
+                    let fields: Vec<String> = changes.iter().filter(|c| c.immutable).map(|c| c.to_string()).collect();
+                    return Ok(Outcome {
+                        action: Action::Unchanged,
+                        readiness: Readiness::not(reason::IMMUTABLE_FIELD_CHANGED, immutable_message(obj, &fields)),
+                        changes,
+                        figures,
+                        record: None,
+                    });
+                }
+                Step::Rejected(msg) => {
+                    return Ok(Outcome {
+                        action: Action::Unchanged,
+                        readiness: Readiness::not(reason::JETSTREAM_REJECTED, format!("stream {}: {msg}", want.name)),
+                        changes,
+                        figures,
+                        record: None,
+                    });
+                }
+                // The object's own stream (index 1: store or inbox) decides "created".
+                Step::Created if i == 1 => created = true,
+                Step::Created | Step::Updated => updated = true,
+                Step::Unchanged => {}
+            }
+            if i == 1
+                && let Some(s) = r.state
+            {
+                figures.events = Some(s.messages);
+                figures.bytes = Some(s.bytes);
+                figures.first_sequence = Some(s.first_sequence);
+                figures.last_sequence = Some(s.last_sequence);
+            }
+        }
+
+        if let (Some((stream_name, want)), Record::Listener(rec)) = (&consumer, &record) {
+            let Some(stream) = self.get_stream(stream_name).await? else {
+                let what = match rec.source.kind {
+                    Kind::Node => format!("inbox of node {:?}", rec.source.name.as_str()),
+                    _ => format!("store {:?}", rec.source.name.as_str()),
+                };
+                return Ok(not_ready(
+                    reason::SOURCE_NOT_FOUND,
+                    format!(
+                        "{what} does not exist in namespace {ns} (stream {stream_name}): create it, then this listener becomes ready"
+                    ),
+                ));
+            };
+            if let Some(dl) = &rec.dead_letter
+                && self.get_stream(&dl.stream).await?.is_none()
+            {
+                return Ok(not_ready(
+                    reason::DEAD_LETTER_NOT_FOUND,
+                    format!(
+                        "dead-letter store {:?} does not exist in namespace {ns}: create it or remove deadLetter",
+                        dl.store.as_str()
+                    ),
+                ));
+            }
+            let (step, ch, info) = self.ensure_consumer(&stream, want, mode).await?;
+            changes.extend(ch);
+            match step {
+                Step::Immutable => {
+                    let fields: Vec<String> = changes.iter().filter(|c| c.immutable).map(|c| c.to_string()).collect();
+                    return Ok(Outcome {
+                        action: Action::Unchanged,
+                        readiness: Readiness::not(reason::IMMUTABLE_FIELD_CHANGED, immutable_message(obj, &fields)),
+                        changes,
+                        figures,
+                        record: None,
+                    });
+                }
+                Step::Rejected(msg) => {
+                    return Ok(Outcome {
+                        action: Action::Unchanged,
+                        readiness: Readiness::not(
+                            reason::JETSTREAM_REJECTED,
+                            format!("consumer {}: {msg}", rec.consumer),
+                        ),
+                        changes,
+                        figures,
+                        record: None,
+                    });
+                }
+                Step::Created => created = true,
+                Step::Updated => updated = true,
+                Step::Unchanged => {}
+            }
+            if let Some(info) = info {
+                figures.num_pending = Some(info.num_pending);
+                figures.num_ack_pending = Some(info.num_ack_pending as u64);
+                figures.redelivered = Some(info.num_redelivered as u64);
+            }
+        }
+
+        if self.put_record(&record, mode).await? {
+            updated = true;
+            changes.push(Change {
+                object: format!("registry {}", record.key()),
+                field: "record",
+                from: String::new(),
+                to: "resolved".into(),
+                immutable: false,
+            });
+        }
+        let action = if created {
+            Action::Created
+        } else if updated {
+            Action::Updated
+        } else {
+            Action::Unchanged
+        };
+        if action != Action::Unchanged {
+            info!(object = %obj.display(), action = action.as_str(), dry_run = (mode == Mode::DryRun), "reconciled");
+        }
+        Ok(Outcome {
+            action,
+            changes,
+            readiness: Readiness::ready(ready_message(&record)),
+            figures,
+            record: Some(record),
+        })
+    }
+
+    /// Removes an object: its registry record always, its JetStream data as `policy` says.
+    pub async fn cleanup(
+        &self,
+        kind: Kind,
+        ns: &DnsLabel,
+        name: &DnsLabel,
+        policy: DeletionPolicy,
+        mode: Mode,
+    ) -> Result<Cleanup> {
+        let mut out = Cleanup::default();
+        let key = naming::registry_key(ns, kind, name);
+        let previous = self.read_record_key(&key).await?;
+        match kind {
+            Kind::EventStore => {
+                let s = naming::store_stream(ns, name);
+                self.delete_stream_per_policy(&s, policy, mode, &mut out).await?;
+            }
+            Kind::Node => {
+                for s in [naming::inbox_stream(ns, name), format!("KV_{}", naming::state_bucket(ns, name))] {
+                    self.delete_stream_per_policy(&s, policy, mode, &mut out).await?;
+                }
+            }
+            Kind::Listener => {
+                let consumer = naming::listener_consumer(ns, name);
+                if let Some(Record::Listener(rec)) = &previous
+                    && let Some(stream) = self.get_stream(&rec.stream).await?
+                    && stream.consumer_info(&consumer).await.is_ok()
+                {
+                    if mode == Mode::Apply {
+                        stream.delete_consumer(&consumer).await.map_err(Error::nats("delete consumer"))?;
+                    }
+                    out.deleted.push(format!("consumer {consumer}"));
+                }
+            }
+        }
+        if previous.is_some() {
+            if mode == Mode::Apply {
+                self.registry().await?.delete(&key).await.map_err(Error::nats("delete registry record"))?;
+            }
+            out.deleted.push(format!("registry {key}"));
+        }
+        Ok(out)
+    }
+
+    async fn delete_stream_per_policy(
+        &self,
+        name: &str,
+        policy: DeletionPolicy,
+        mode: Mode,
+        out: &mut Cleanup,
+    ) -> Result<()> {
+        if self.get_stream(name).await?.is_none() {
+            return Ok(());
+        }
+        match policy {
+            DeletionPolicy::Retain => out.retained.push(format!("stream {name}")),
+            DeletionPolicy::Delete => {
+                if mode == Mode::Apply {
+                    self.js.delete_stream(name).await.map_err(Error::nats("delete stream"))?;
+                    info!(stream = name, "deleted stream");
+                }
+                out.deleted.push(format!("stream {name}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record in the registry (none when the registry does not exist yet).
+    pub async fn list_records(&self) -> Result<Vec<Record>> {
+        use futures::TryStreamExt;
+        if self.get_stream(&format!("KV_{REGISTRY_BUCKET}")).await?.is_none() {
+            return Ok(Vec::new());
+        }
+        let kv = self.registry().await?;
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .map_err(Error::nats("list registry"))?
+            .try_collect()
+            .await
+            .map_err(Error::nats("list registry"))?;
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(r) = self.read_record_key(&k).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One registry record.
+    pub async fn read_record(&self, ns: &DnsLabel, kind: Kind, name: &DnsLabel) -> Result<Option<Record>> {
+        self.read_record_key(&naming::registry_key(ns, kind, name)).await
+    }
+
+    async fn read_record_key(&self, key: &str) -> Result<Option<Record>> {
+        let kv = match self.js.get_key_value(REGISTRY_BUCKET).await {
+            Ok(kv) => kv,
+            Err(e)
+                if e.kind() == KeyValueErrorKind::GetBucket
+                    && self.get_stream(&format!("KV_{REGISTRY_BUCKET}")).await?.is_none() =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::nats("open registry")(e)),
+        };
+        match kv.get(key).await.map_err(Error::nats("read registry"))? {
+            Some(b) => Ok(Record::from_bytes(&b).ok()),
+            None => Ok(None),
+        }
+    }
+
+    async fn registry(&self) -> Result<kv::Store> {
+        self.js.get_key_value(REGISTRY_BUCKET).await.map_err(Error::nats("open registry"))
+    }
+
+    /// Writes the record if it differs from the stored one. True when written (or would be).
+    async fn put_record(&self, record: &Record, mode: Mode) -> Result<bool> {
+        let key = record.key();
+        let bytes = record.to_bytes();
+        if mode == Mode::DryRun && self.get_stream(&format!("KV_{REGISTRY_BUCKET}")).await?.is_none() {
+            return Ok(true);
+        }
+        let kv = self.registry().await?;
+        let current = kv.get(&key).await.map_err(Error::nats("read registry"))?;
+        if current.as_deref() == Some(bytes.as_slice()) {
+            return Ok(false);
+        }
+        if mode == Mode::Apply {
+            kv.put(&key, bytes.into()).await.map_err(Error::nats("write registry"))?;
+            debug!(key, "registry record written");
+        }
+        Ok(true)
+    }
+
+    async fn get_stream(&self, name: &str) -> Result<Option<Stream>> {
+        match self.js.get_stream(name).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {
+                    Ok(None)
+                }
+                _ => Err(Error::nats(format!("get stream {name}"))(e)),
+            },
+        }
+    }
+
+    async fn ensure_stream(&self, want: &stream::Config, mode: Mode, create_only: bool) -> Result<StreamResult> {
+        let Some(stream) = self.get_stream(&want.name).await? else {
+            if mode == Mode::DryRun {
+                return Ok(StreamResult { step: Step::Created, changes: Vec::new(), state: None });
+            }
+            return match self.js.create_stream(want.clone()).await {
+                Ok(mut s) => {
+                    info!(stream = %want.name, "created stream");
+                    let state = s.info().await.ok().map(|i| i.state.clone());
+                    Ok(StreamResult { step: Step::Created, changes: Vec::new(), state })
+                }
+                Err(e) => match e.kind() {
+                    CreateStreamErrorKind::JetStream(j) => {
+                        Ok(StreamResult { step: Step::Rejected(j.to_string()), changes: Vec::new(), state: None })
+                    }
+                    _ => Err(Error::nats(format!("create stream {}", want.name))(e)),
+                },
+            };
+        };
+        let info = stream.cached_info();
+        let state = Some(info.state.clone());
+        if create_only {
+            return Ok(StreamResult { step: Step::Unchanged, changes: Vec::new(), state });
+        }
+        let changes = diff::stream(&info.config, want);
+        if changes.is_empty() {
+            return Ok(StreamResult { step: Step::Unchanged, changes, state });
+        }
+        if changes.iter().any(|c| c.immutable) {
+            return Ok(StreamResult { step: Step::Immutable, changes, state });
+        }
+        if mode == Mode::Apply {
+            match self.js.update_stream(want.clone()).await {
+                Ok(info) => {
+                    info!(stream = %want.name, changes = changes.len(), "updated stream");
+                    return Ok(StreamResult { step: Step::Updated, changes, state: Some(info.state) });
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if matches!(e.kind(), async_nats::jetstream::context::UpdateStreamErrorKind::JetStream(_)) {
+                        return Ok(StreamResult { step: Step::Rejected(msg), changes, state });
+                    }
+                    return Err(Error::nats(format!("update stream {}", want.name))(e));
+                }
+            }
+        }
+        Ok(StreamResult { step: Step::Updated, changes, state })
+    }
+
+    async fn ensure_consumer(
+        &self,
+        stream: &Stream,
+        want: &consumer::Config,
+        mode: Mode,
+    ) -> Result<(Step, Vec<Change>, Option<consumer::Info>)> {
+        let name = want.durable_name.clone().unwrap_or_default();
+        let current = match stream.consumer_info(&name).await {
+            Ok(info) => Some(info),
+            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => None,
+            Err(e) => match e.kind() {
+                ConsumerInfoErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND => {
+                    None
+                }
+                _ => return Err(Error::nats(format!("consumer info {name}"))(e)),
+            },
+        };
+        let Some(info) = current else {
+            if mode == Mode::DryRun {
+                return Ok((Step::Created, Vec::new(), None));
+            }
+            return match stream.create_consumer(want.clone()).await {
+                Ok(mut c) => {
+                    info!(consumer = %name, "created consumer");
+                    let info = c.info().await.ok().cloned();
+                    Ok((Step::Created, Vec::new(), info))
+                }
+                Err(e) => Ok((Step::Rejected(e.to_string()), Vec::new(), None)),
+            };
+        };
+        let changes = diff::consumer(&info.config, want);
+        if changes.is_empty() {
+            return Ok((Step::Unchanged, changes, Some(info)));
+        }
+        if changes.iter().any(|c| c.immutable) {
+            return Ok((Step::Immutable, changes, Some(info)));
+        }
+        if mode == Mode::Apply {
+            match self.js.update_consumer_on_stream(want.clone(), &info.stream_name).await {
+                Ok(mut c) => {
+                    info!(consumer = %name, changes = changes.len(), "updated consumer");
+                    let info = c.info().await.ok().cloned();
+                    return Ok((Step::Updated, changes, info));
+                }
+                Err(e) => return Ok((Step::Rejected(e.to_string()), changes, Some(info))),
+            }
+        }
+        Ok((Step::Updated, changes, Some(info)))
+    }
+}
+
+fn join(errs: &[FieldError]) -> String {
+    errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+fn not_ready(reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        action: Action::Unchanged,
+        changes: Vec::new(),
+        readiness: Readiness::not(reason, message),
+        figures: Figures::default(),
+        record: None,
+    }
+}
+
+fn immutable_message(obj: &Object, fields: &[String]) -> String {
+    let how = match obj.kind() {
+        Kind::EventStore => {
+            "JetStream cannot change this on a live stream. To migrate: create a new EventStore with the new settings, copy the events (e.g. with a Listener whose app appends them to the new store), switch writers over, then delete this one. The stream was left untouched."
+        }
+        Kind::Node => {
+            "JetStream cannot change this on a live inbox. To migrate: create a new Node, point its listeners and senders at it, let this inbox drain, then delete this one. The inbox was left untouched."
+        }
+        Kind::Listener => {
+            "startAt only applies when the consumer is created. To restart from another position, delete the Listener and create it again (its position is lost). The consumer was left untouched."
+        }
+    };
+    format!("{}: {}. {how}", obj.display(), fields.join("; "))
+}
+
+fn ready_message(r: &Record) -> String {
+    match r {
+        Record::EventStore(s) => format!("stream {} holds {}.>", s.stream, s.subject_prefix),
+        Record::Node(n) => format!("inbox {} and state bucket {} ready", n.inbox_stream, n.state_bucket),
+        Record::Listener(l) => format!("consumer {} on stream {} ready", l.consumer, l.stream),
+    }
+}
