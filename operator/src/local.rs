@@ -13,7 +13,7 @@ use causeway_api::{
 
 use crate::{
     Result,
-    jetstream::{Mode, Object, Outcome, Reconciler},
+    jetstream::{Batch, Mode, Object, Outcome, Reconciler},
     manifest::{self, Loaded},
 };
 
@@ -119,9 +119,10 @@ pub async fn apply(reconciler: &Reconciler, objects: &[Loaded], opts: Options) -
     let mode = if opts.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut sorted: Vec<&Object> = objects.iter().map(|l| &l.object).collect();
     sorted.sort_by_key(|o| order(o.kind()));
+    let batch = Batch::of(sorted.iter().copied());
     let mut report = Report::default();
     for obj in sorted {
-        let result = match reconciler.reconcile(obj, mode).await {
+        let result = match reconciler.reconcile_in(obj, mode, &batch).await {
             Ok(o) => LineResult::Applied(o),
             Err(e) => LineResult::Failed(e.to_string()),
         };

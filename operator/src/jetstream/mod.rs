@@ -103,6 +103,36 @@ impl Object {
     }
 }
 
+/// Objects planned together (for dry-run planning of listeners).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Node specs by registry key.
+    pub nodes: std::collections::HashMap<String, NodeSpec>,
+    /// Streams the batch creates (stores and inboxes).
+    pub streams: std::collections::HashSet<String>,
+}
+
+impl Batch {
+    /// The batch of `objects`.
+    pub fn of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Self {
+        let mut b = Self::default();
+        for o in objects {
+            let (ns, name) = (&o.meta.namespace, &o.meta.name);
+            match &o.spec {
+                Spec::EventStore(_) => {
+                    b.streams.insert(naming::store_stream(ns, name));
+                }
+                Spec::Node(n) => {
+                    b.streams.insert(naming::inbox_stream(ns, name));
+                    b.nodes.insert(o.key(), n.clone());
+                }
+                Spec::Listener(_) => {}
+            }
+        }
+        b
+    }
+}
+
 /// Whether to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -243,6 +273,12 @@ impl Reconciler {
 
     /// Reconciles one object.
     pub async fn reconcile(&self, obj: &Object, mode: Mode) -> Result<Outcome> {
+        self.reconcile_in(obj, mode, &Batch::default()).await
+    }
+
+    /// Reconciles one object that is part of a batch. In dry-run, a listener whose node or
+    /// source is planned in the same batch is planned as if they existed.
+    pub async fn reconcile_in(&self, obj: &Object, mode: Mode, batch: &Batch) -> Result<Outcome> {
         let errs = obj.check();
         if !errs.is_empty() {
             return Ok(not_ready(reason::INVALID_SPEC, join(&errs)));
@@ -272,7 +308,12 @@ impl Reconciler {
             }
             Spec::Listener(spec) => {
                 let node_key = naming::registry_key(ns, Kind::Node, &spec.node);
-                let Some(Record::Node(node)) = self.read_record_key(&node_key).await? else {
+                let node = match self.read_record_key(&node_key).await? {
+                    Some(Record::Node(n)) => Some(n.spec),
+                    _ if mode == Mode::DryRun => batch.nodes.get(&node_key).cloned(),
+                    _ => None,
+                };
+                let Some(node) = node else {
                     return Ok(not_ready(
                         reason::SOURCE_NOT_FOUND,
                         format!(
@@ -281,7 +322,7 @@ impl Reconciler {
                         ),
                     ));
                 };
-                let rec = match ListenerRecord::resolve(obj.meta.clone(), spec, &node.spec) {
+                let rec = match ListenerRecord::resolve(obj.meta.clone(), spec, &node) {
                     Ok(r) => r,
                     Err(errs) => return Ok(not_ready(reason::INVALID_SPEC, join(&errs))),
                 };
@@ -332,7 +373,18 @@ impl Reconciler {
         }
 
         if let (Some((stream_name, want)), Record::Listener(rec)) = (&consumer, &record) {
-            let Some(stream) = self.get_stream(stream_name).await? else {
+            let stream = self.get_stream(stream_name).await?;
+            let planned = |s: &str| mode == Mode::DryRun && batch.streams.contains(s);
+            if stream.is_none() && planned(stream_name) {
+                return Ok(Outcome {
+                    action: Action::Created,
+                    changes,
+                    readiness: Readiness::ready(ready_message(&record)),
+                    figures,
+                    record: Some(record),
+                });
+            }
+            let Some(stream) = stream else {
                 let what = match rec.source.kind {
                     Kind::Node => format!("inbox of node {:?}", rec.source.name.as_str()),
                     _ => format!("store {:?}", rec.source.name.as_str()),
@@ -345,6 +397,7 @@ impl Reconciler {
                 ));
             };
             if let Some(dl) = &rec.dead_letter
+                && !planned(&dl.stream)
                 && self.get_stream(&dl.stream).await?.is_none()
             {
                 return Ok(not_ready(
@@ -391,13 +444,15 @@ impl Reconciler {
             }
         }
 
-        if self.put_record(&record, mode).await? {
+        if let Some(previous) = self.put_record(&record, mode).await?
+            && !created
+        {
             updated = true;
             changes.push(Change {
                 object: format!("registry {}", record.key()),
                 field: "record",
-                from: String::new(),
-                to: "resolved".into(),
+                from: if previous { "out of date".into() } else { "missing".into() },
+                to: "current".into(),
                 immutable: false,
             });
         }
@@ -536,23 +591,24 @@ impl Reconciler {
         self.js.get_key_value(REGISTRY_BUCKET).await.map_err(Error::nats("open registry"))
     }
 
-    /// Writes the record if it differs from the stored one. True when written (or would be).
-    async fn put_record(&self, record: &Record, mode: Mode) -> Result<bool> {
+    /// Writes the record if it differs from the stored one. `Some(existed)` when written (or
+    /// would be, in dry-run), `None` when already current.
+    async fn put_record(&self, record: &Record, mode: Mode) -> Result<Option<bool>> {
         let key = record.key();
         let bytes = record.to_bytes();
         if mode == Mode::DryRun && self.get_stream(&format!("KV_{REGISTRY_BUCKET}")).await?.is_none() {
-            return Ok(true);
+            return Ok(Some(false));
         }
         let kv = self.registry().await?;
         let current = kv.get(&key).await.map_err(Error::nats("read registry"))?;
         if current.as_deref() == Some(bytes.as_slice()) {
-            return Ok(false);
+            return Ok(None);
         }
         if mode == Mode::Apply {
             kv.put(&key, bytes.into()).await.map_err(Error::nats("write registry"))?;
             debug!(key, "registry record written");
         }
-        Ok(true)
+        Ok(Some(current.is_some()))
     }
 
     async fn get_stream(&self, name: &str) -> Result<Option<Stream>> {

@@ -1,0 +1,394 @@
+//! `causeway apply` against a real nats-server: names and configs per DESIGN.md, idempotence
+//! proven on the wire, immutability, drift, deletion policies, dry-run and invalid manifests.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, stream};
+use causeway_api::registry::Record;
+use causeway_tests::{NatsServer, TempDir, causeway, examples_dir, write_file};
+use futures::StreamExt;
+
+fn apply(server: &NatsServer, paths: &[&str], extra: &[&str]) -> causeway_tests::Run {
+    let mut args = vec!["apply", "--nats", &server.url];
+    for p in paths {
+        args.extend(["-f", p]);
+    }
+    args.extend(extra);
+    causeway(&args)
+}
+
+fn examples() -> String {
+    examples_dir().display().to_string()
+}
+
+async fn stream_info(js: &jetstream::Context, name: &str) -> stream::Info {
+    js.get_stream(name).await.unwrap_or_else(|e| panic!("stream {name}: {e}")).info().await.unwrap().clone()
+}
+
+const OBJECTS: [&str; 8] = [
+    "EventStore shop/orders",
+    "EventStore shop/dead-letters",
+    "Node shop/orders",
+    "Node shop/inventory",
+    "Node shop/shipping",
+    "Listener shop/reserve-stock",
+    "Listener shop/ship-order",
+    "Listener shop/order-history",
+];
+
+#[tokio::test]
+async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
+    let server = NatsServer::start();
+    let first = apply(&server, &[&examples()], &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    for o in OBJECTS {
+        assert!(first.stdout.contains(&format!("{o} created\n")), "{o} not created:\n{}", first.stdout);
+    }
+    let second = apply(&server, &[&examples()], &[]);
+    assert_eq!(second.code, 0, "{second:?}");
+    for o in OBJECTS {
+        assert!(second.stdout.contains(&format!("{o} unchanged\n")), "{o} not unchanged:\n{}", second.stdout);
+    }
+
+    let js = jetstream::new(server.client().await);
+    // EventStore shop/orders → stream CW_ES_shop_orders on cw.shop.es.orders.>
+    let s = stream_info(&js, "CW_ES_shop_orders").await.config;
+    assert_eq!(s.subjects, vec!["cw.shop.es.orders.>"]);
+    assert_eq!(s.storage, stream::StorageType::File);
+    assert_eq!(s.retention, stream::RetentionPolicy::Limits);
+    assert_eq!(s.max_age, Duration::from_secs(30 * 86400));
+    assert_eq!(s.max_bytes, 1 << 30);
+    assert_eq!(s.max_messages, -1);
+    assert_eq!(s.duplicate_window, Duration::from_secs(120));
+    assert_eq!(s.discard, stream::DiscardPolicy::Old);
+    assert!(s.allow_atomic_publish);
+    assert!(s.allow_direct);
+    assert_eq!(s.num_replicas, 1);
+    // Node shop/inventory → inbox, state bucket; namespace → global bucket.
+    let inbox = stream_info(&js, "CW_IN_shop_inventory").await.config;
+    assert_eq!(inbox.subjects, vec!["cw.shop.in.inventory.>"]);
+    let state = js.get_key_value("CW_ST_shop_inventory").await.expect("state bucket");
+    assert_eq!(state.status().await.unwrap().history(), 1);
+    js.get_key_value("CW_GL_shop").await.expect("global bucket");
+    // Listener → durable consumer cw_shop_<l> with the filter from its types.
+    let inbox_stream = js.get_stream("CW_IN_shop_inventory").await.unwrap();
+    let c = inbox_stream.consumer_info("cw_shop_reserve-stock").await.unwrap().config.clone();
+    assert_eq!(c.durable_name.as_deref(), Some("cw_shop_reserve-stock"));
+    let filters: Vec<String> =
+        if c.filter_subject.is_empty() { c.filter_subjects.clone() } else { vec![c.filter_subject.clone()] };
+    assert_eq!(filters, vec!["cw.shop.in.inventory.order-placed"]);
+    assert_eq!(c.max_deliver, 5);
+    assert_eq!(c.max_ack_pending, 16, "maxInFlight from the node");
+    assert_eq!(c.ack_wait, Duration::from_secs(30));
+    assert_eq!(c.deliver_policy, DeliverPolicy::New);
+    let orders = js.get_stream("CW_ES_shop_orders").await.unwrap();
+    let h = orders.consumer_info("cw_shop_order-history").await.unwrap().config.clone();
+    assert_eq!(h.deliver_policy, DeliverPolicy::All);
+    let shipping = js.get_stream("CW_IN_shop_shipping").await.unwrap();
+    let o = shipping.consumer_info("cw_shop_ship-order").await.unwrap().config.clone();
+    assert_eq!(o.max_ack_pending, 1, "ordered delivery is one at a time");
+    // Registry records under <ns>.<kind>.<name>, with everything a sidecar resolves.
+    let reg = js.get_key_value("CW_REGISTRY").await.unwrap();
+    let rec = Record::from_bytes(&reg.get("shop.listener.reserve-stock").await.unwrap().unwrap()).unwrap();
+    let Record::Listener(l) = rec else { panic!("not a listener record") };
+    assert_eq!(l.consumer, "cw_shop_reserve-stock");
+    assert_eq!(l.stream, "CW_IN_shop_inventory");
+    assert_eq!(l.delivery.backoff.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["1s", "5s", "30s"]);
+    assert_eq!(l.dead_letter.unwrap().nats_subject, "cw.shop.es.dead-letters.reserve-stock");
+    let node = Record::from_bytes(&reg.get("shop.node.inventory").await.unwrap().unwrap()).unwrap();
+    let Record::Node(n) = node else { panic!() };
+    assert_eq!((n.inbox_stream.as_str(), n.state_bucket.as_str()), ("CW_IN_shop_inventory", "CW_ST_shop_inventory"));
+    assert_eq!(n.app.port, Some(5001));
+    assert!(reg.get("shop.eventstore.orders").await.unwrap().is_some());
+}
+
+/// Every JetStream API request and registry write made while re-applying an unchanged set.
+#[tokio::test]
+async fn steady_state_makes_no_jetstream_writes() {
+    let server = NatsServer::start();
+    assert_eq!(apply(&server, &[&examples()], &[]).code, 0);
+    let spy = server.client().await;
+    let mut api = spy.subscribe("$JS.API.>").await.unwrap();
+    let mut kv = spy.subscribe("$KV.>").await.unwrap();
+    spy.flush().await.unwrap();
+    let again = apply(&server, &[&examples()], &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    spy.flush().await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), api.next()).await {
+        seen.push(m.subject.to_string());
+    }
+    assert!(seen.len() > 10, "the spy should see the reconciler's reads: {seen:?}");
+    let writes: Vec<&String> =
+        seen.iter().filter(|s| ["CREATE", "UPDATE", "DELETE", "PURGE"].iter().any(|w| s.contains(w))).collect();
+    assert!(writes.is_empty(), "steady state wrote: {writes:?}");
+    let kv_writes = tokio::time::timeout(Duration::from_millis(200), kv.next()).await;
+    assert!(kv_writes.is_err(), "steady state wrote a KV entry: {kv_writes:?}");
+}
+
+const STORE: &str = "apiVersion: causeway.dev/v1alpha1\nkind: EventStore\nmetadata: {name: ledger, namespace: bank}\nspec:\n  retention: {maxAge: 7d}\n";
+
+async fn publish_n(js: &jetstream::Context, subject: &str, n: usize) {
+    for i in 0..n {
+        js.publish(subject.to_string(), format!("e{i}").into()).await.unwrap().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn immutable_change_is_refused_and_data_is_intact() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let f = write_file(&dir, "s.yaml", STORE);
+    assert_eq!(apply(&server, &[&f], &[]).code, 0);
+    let js = jetstream::new(server.client().await);
+    publish_n(&js, "cw.bank.es.ledger.acct-1", 5).await;
+
+    let f2 = write_file(&dir, "s2.yaml", &STORE.replace("spec:\n", "spec:\n  storage: memory\n"));
+    let r = apply(&server, &[&f2], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("EventStore bank/ledger error: ImmutableFieldChanged"), "{}", r.stdout);
+    assert!(r.stdout.contains("storage file -> memory"), "{}", r.stdout);
+    assert!(r.stdout.contains("To migrate"), "{}", r.stdout);
+    let info = stream_info(&js, "CW_ES_bank_ledger").await;
+    assert_eq!(info.config.storage, stream::StorageType::File);
+    assert_eq!(info.state.messages, 5);
+
+    let f3 = write_file(&dir, "s3.yaml", &STORE.replace("{maxAge: 7d}", "{maxAge: 7d, kind: workQueue}"));
+    let r = apply(&server, &[&f3], &[]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("retention limits -> workqueue (immutable)"), "{}", r.stdout);
+    assert_eq!(stream_info(&js, "CW_ES_bank_ledger").await.state.messages, 5);
+    // A mutable change still goes through afterwards.
+    let f4 = write_file(&dir, "s4.yaml", &STORE.replace("7d", "14d"));
+    let r = apply(&server, &[&f4], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("EventStore bank/ledger updated"));
+    assert_eq!(stream_info(&js, "CW_ES_bank_ledger").await.config.max_age, Duration::from_secs(14 * 86400));
+}
+
+#[tokio::test]
+async fn drift_is_restored_by_the_next_apply() {
+    let server = NatsServer::start();
+    assert_eq!(apply(&server, &[&examples()], &[]).code, 0);
+    let js = jetstream::new(server.client().await);
+    js.delete_stream("CW_ES_shop_orders").await.unwrap();
+    let mut cfg = stream_info(&js, "CW_IN_shop_shipping").await.config;
+    cfg.max_age = Duration::from_secs(600);
+    js.update_stream(cfg).await.unwrap();
+    let inv = js.get_stream("CW_IN_shop_inventory").await.unwrap();
+    inv.delete_consumer("cw_shop_reserve-stock").await.unwrap();
+
+    let r = apply(&server, &[&examples()], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("EventStore shop/orders created"), "{}", r.stdout);
+    assert!(r.stdout.contains("Node shop/shipping updated"), "{}", r.stdout);
+    assert!(r.stdout.contains("Listener shop/reserve-stock created"), "{}", r.stdout);
+    assert_eq!(stream_info(&js, "CW_IN_shop_shipping").await.config.max_age, Duration::ZERO);
+    assert!(inv.consumer_info("cw_shop_reserve-stock").await.is_ok());
+    // The store's listener got its consumer back with the stream.
+    let orders = js.get_stream("CW_ES_shop_orders").await.unwrap();
+    assert!(orders.consumer_info("cw_shop_order-history").await.is_ok());
+    assert!(apply(&server, &[&examples()], &[]).stdout.lines().all(|l| l.ends_with("unchanged")));
+}
+
+#[tokio::test]
+async fn prune_honours_deletion_policy() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let keep = write_file(&dir, "keep.yaml", STORE);
+    let retained = write_file(&dir, "ret.yaml", &STORE.replace("ledger", "audit"));
+    let deleted = write_file(
+        &dir,
+        "del.yaml",
+        &STORE.replace("ledger", "scratch").replace("spec:\n", "spec:\n  deletionPolicy: Delete\n"),
+    );
+    assert_eq!(apply(&server, &[&keep, &retained, &deleted], &[]).code, 0);
+    let js = jetstream::new(server.client().await);
+    publish_n(&js, "cw.bank.es.audit.x", 3).await;
+    publish_n(&js, "cw.bank.es.scratch.x", 3).await;
+
+    // Without --prune nothing goes.
+    let r = apply(&server, &[&keep], &[]);
+    assert_eq!(r.code, 0);
+    assert!(!r.stdout.contains("pruned"));
+    // Dry-run prune shows the plan and deletes nothing.
+    let r = apply(&server, &[&keep], &["--prune", "--dry-run"]);
+    assert!(r.stdout.contains("EventStore bank/scratch pruned (dry run)"), "{}", r.stdout);
+    assert!(js.get_stream("CW_ES_bank_scratch").await.is_ok());
+    let r = apply(&server, &[&keep], &["--prune"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("EventStore bank/audit pruned (retained by deletionPolicy: stream CW_ES_bank_audit)"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("EventStore bank/scratch pruned (deleted: stream CW_ES_bank_scratch"), "{}", r.stdout);
+    assert_eq!(stream_info(&js, "CW_ES_bank_audit").await.state.messages, 3, "Retain keeps the data");
+    assert!(js.get_stream("CW_ES_bank_scratch").await.is_err(), "Delete removes the stream");
+    let reg = js.get_key_value("CW_REGISTRY").await.unwrap();
+    assert!(reg.get("bank.eventstore.audit").await.unwrap().is_none());
+    assert!(reg.get("bank.eventstore.ledger").await.unwrap().is_some());
+    // A second prune has nothing left to do.
+    assert!(!apply(&server, &[&keep], &["--prune"]).stdout.contains("pruned"));
+}
+
+#[tokio::test]
+async fn dry_run_prints_a_field_level_plan_and_changes_nothing() {
+    let server = NatsServer::start();
+    let r = apply(&server, &[&examples()], &["--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("EventStore shop/orders created (dry run)"), "{}", r.stdout);
+    let js = jetstream::new(server.client().await);
+    let names: Vec<String> = js.stream_names().collect::<Vec<_>>().await.into_iter().map(Result::unwrap).collect();
+    assert!(names.is_empty(), "dry-run created {names:?}");
+
+    assert_eq!(apply(&server, &[&examples()], &[]).code, 0);
+    let dir = TempDir::new("cw-apply");
+    let text =
+        std::fs::read_to_string(examples_dir().join("stores.yaml")).unwrap().replace("maxAge: 30d", "maxAge: 60d");
+    let f = write_file(&dir, "stores.yaml", &text);
+    let r = apply(&server, &[&f], &["--dry-run"]);
+    assert!(r.stdout.contains("EventStore shop/orders updated (dry run)"), "{}", r.stdout);
+    assert!(r.stdout.contains("stream CW_ES_shop_orders: max_age 30d -> 60d"), "{}", r.stdout);
+    assert_eq!(stream_info(&js, "CW_ES_shop_orders").await.config.max_age, Duration::from_secs(30 * 86400));
+}
+
+#[tokio::test]
+async fn listener_without_source_waits_then_becomes_ready() {
+    let server = NatsServer::start();
+    let listeners = examples_dir().join("listeners.yaml").display().to_string();
+    let r = apply(&server, &[&listeners], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("Listener shop/reserve-stock error: SourceNotFound: node \"inventory\" does not exist"),
+        "{}",
+        r.stdout
+    );
+    // The node alone is not enough for a store listener: the store is missing.
+    let nodes = examples_dir().join("nodes.yaml").display().to_string();
+    let r = apply(&server, &[&nodes, &listeners], &[]);
+    assert!(
+        r.stdout.contains("Listener shop/order-history error: SourceNotFound: store \"orders\" does not exist"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("Listener shop/reserve-stock error: DeadLetterNotFound"), "{}", r.stdout);
+    assert!(r.stdout.contains("Listener shop/ship-order created"), "{}", r.stdout);
+    let r = apply(&server, &[&examples()], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Listener shop/order-history created"), "{}", r.stdout);
+}
+
+#[tokio::test]
+async fn invalid_manifests_fail_precisely_and_create_nothing() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let listener = |spec: &str| {
+        format!(
+            "apiVersion: causeway.dev/v1alpha1\nkind: Listener\nmetadata: {{name: l, namespace: shop}}\nspec:\n  node: inv\n{spec}"
+        )
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("malformed", "kind: [Node\n".into(), "document 1: malformed YAML"),
+        (
+            "unknown-field",
+            format!("{STORE}  storag: file\n"),
+            "document 1 (EventStore bank/ledger): spec.storag: unknown field",
+        ),
+        (
+            "wrong-kind",
+            "apiVersion: causeway.dev/v1alpha1\nkind: Stream\nmetadata: {name: a}\n".into(),
+            "document 1: kind: \"Stream\" is not a Causeway kind",
+        ),
+        ("bad-name", STORE.replace("ledger", "Ledger.1"), "metadata.name: \"Ledger.1\" is not a valid name"),
+        (
+            "space-subject",
+            listener("  source: {store: s}\n  subjects: ['order 1']\n"),
+            "spec.subjects[0]: \"order 1\" is not a valid subject pattern",
+        ),
+        ("gt-middle", listener("  source: {store: s}\n  subjects: ['a.>.b']\n"), "spec.subjects[0]"),
+        ("empty-token", listener("  source: {store: s}\n  subjects: ['a..b']\n"), "spec.subjects[0]"),
+        (
+            "star-type",
+            listener("  source: {store: s}\n  types: ['*']\n"),
+            "spec.types[0]: \"*\" is not a valid type filter",
+        ),
+        ("negative-duration", STORE.replace("7d", "-7d"), "spec.retention.maxAge: \"-7d\" is not a duration"),
+        (
+            "bad-size",
+            format!("{STORE}  duplicateWindow: 1m\n").replace("{maxAge: 7d}", "{maxBytes: lots}"),
+            "spec.retention.maxBytes: \"lots\" is not a byte size",
+        ),
+        (
+            "two-sources",
+            listener("  source: {store: s, inbox: inv}\n"),
+            "spec.source: source must name exactly one of store or inbox",
+        ),
+    ];
+    for (name, text, expect) in &cases {
+        let good = write_file(&dir, "good.yaml", &STORE.replace("ledger", "fine"));
+        let bad = write_file(&dir, &format!("{name}.yaml"), text);
+        let r = apply(&server, &[&good, &bad], &[]);
+        assert_eq!(r.code, 2, "{name}: {r:?}");
+        assert!(r.stderr.contains(&format!("{bad}: ")), "{name}: error must name the file: {}", r.stderr);
+        assert!(r.stderr.contains(expect), "{name}: expected {expect:?} in:\n{}", r.stderr);
+        assert!(r.stdout.is_empty(), "{name}: nothing is applied: {}", r.stdout);
+    }
+    let js = jetstream::new(server.client().await);
+    let names: Vec<String> = js.stream_names().collect::<Vec<_>>().await.into_iter().map(Result::unwrap).collect();
+    assert!(names.is_empty(), "invalid input created {names:?}");
+}
+
+#[tokio::test]
+async fn status_figures_come_from_the_server() {
+    let server = NatsServer::start();
+    assert_eq!(apply(&server, &[&examples()], &[]).code, 0);
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    publish_n(&js, "cw.shop.es.orders.order-1", 4).await;
+    let reconciler = causeway_operator::jetstream::Reconciler::new(client, "apply");
+    let (objs, errs) = causeway_operator::manifest::load(&[examples_dir()]);
+    assert!(errs.is_empty());
+    let store = objs.iter().find(|l| l.object.display() == "EventStore shop/orders").unwrap();
+    let out = reconciler.reconcile(&store.object, causeway_operator::jetstream::Mode::Apply).await.unwrap();
+    assert_eq!((out.figures.events, out.figures.last_sequence), (Some(4), Some(4)));
+    assert!(out.figures.bytes.unwrap() > 0);
+    let history = objs.iter().find(|l| l.object.display() == "Listener shop/order-history").unwrap();
+    let out = reconciler.reconcile(&history.object, causeway_operator::jetstream::Mode::Apply).await.unwrap();
+    assert_eq!(out.figures.num_pending, Some(4), "startAt: all sees the 4 events");
+    assert_eq!(out.figures.num_ack_pending, Some(0));
+    assert_eq!(out.readiness.reason, "Reconciled");
+}
+
+#[tokio::test]
+async fn replicas_beyond_a_single_server_are_reported_not_crashed() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let f = write_file(&dir, "r3.yaml", &STORE.replace("spec:\n", "spec:\n  replicas: 3\n"));
+    let r = apply(&server, &[&f], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("EventStore bank/ledger error: JetStreamRejected"), "{}", r.stdout);
+}
+
+#[tokio::test]
+async fn r3_store_on_a_three_node_cluster() {
+    let cluster = causeway_tests::Cluster::start3();
+    let dir = TempDir::new("cw-apply");
+    let f = write_file(&dir, "r3.yaml", &STORE.replace("spec:\n", "spec:\n  replicas: 3\n"));
+    let url = cluster.urls();
+    let mut last = None;
+    for _ in 0..40 {
+        let r = causeway(&["apply", "--nats", &url, "--registry-replicas", "3", "-f", &f]);
+        if r.code == 0 {
+            last = Some(r);
+            break;
+        }
+        last = Some(r);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let r = last.unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    let js = jetstream::new(cluster.client().await);
+    assert_eq!(stream_info(&js, "CW_ES_bank_ledger").await.config.num_replicas, 3);
+    assert_eq!(stream_info(&js, "KV_CW_REGISTRY").await.config.num_replicas, 3);
+}
