@@ -237,7 +237,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
     for (i, (l, spec)) in nodes.iter().enumerate() {
         let (ns, name) = (&l.object.meta.namespace, &l.object.meta.name);
         let port = a.sidecar_port + i as u16;
-        let mut line = format!("  sidecar {ns}/{name:<12} http://127.0.0.1:{port}");
+        let mut line = format!("  sidecar {:<16} http://127.0.0.1:{port}", format!("{ns}/{name}"));
         if let Some(bin) = &sidecar {
             let mut cmd = Command::new(bin);
             cmd.env("CAUSEWAY_NODE", name.as_str())
