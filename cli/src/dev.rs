@@ -147,6 +147,9 @@ pub async fn run(a: DevArgs) -> ExitCode {
         for e in &errs {
             eprintln!("error: {e}");
         }
+        if errs.iter().any(|e| e.document == 0) {
+            eprintln!("hint: run causeway dev from the repository root, or pass -f DIR with your manifests");
+        }
         return ExitCode::from(EXIT_INVALID);
     }
     let (server, version) = match find_nats_server(a.nats_server.as_deref()) {

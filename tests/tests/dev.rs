@@ -1,0 +1,125 @@
+//! `causeway dev`: starts nats-server with durable settings, applies the examples, resyncs,
+//! stops everything on SIGTERM, and keeps the data for the next start.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use causeway_tests::{TempDir, bin, examples_dir, free_port};
+
+struct Dev {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Dev {
+    fn start(data: &TempDir, nats: u16, monitor: u16) -> Self {
+        let mut child = Command::new(bin("causeway"))
+            .args(["dev", "-f"])
+            .arg(examples_dir())
+            .arg("--data")
+            .arg(data.path())
+            .args(["--nats-port", &nats.to_string(), "--monitor-port", &monitor.to_string()])
+            .args(["--sidecar-port", &free_port().to_string(), "--no-demo-apps", "--resync", "1s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start causeway dev");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines, seen: Vec::new() }
+    }
+
+    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?} in {within:?}; output so far:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn terminate(mut self) -> i32 {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(std::time::Instant::now() < deadline, "causeway dev did not stop within 30s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test]
+async fn dev_runs_resyncs_stops_cleanly_and_keeps_data() {
+    let data = TempDir::new("cw-dev");
+    let (nats, monitor) = (free_port(), free_port());
+    let mut dev = Dev::start(&data, nats, monitor);
+    dev.wait_for("Causeway dev is up", Duration::from_secs(60));
+    let applied = dev.seen.join("\n");
+    assert!(applied.contains("EventStore shop/orders created"), "{applied}");
+    assert!(applied.contains("Listener shop/reserve-stock created"), "{applied}");
+    let conf = std::fs::read_to_string(data.path().join("nats.conf")).unwrap();
+    assert!(conf.contains("sync_interval: always"), "{conf}");
+
+    let url = format!("nats://127.0.0.1:{nats}");
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    js.publish("cw.shop.es.orders.order-1", "x".into()).await.unwrap().await.unwrap();
+    // Drift: a stream deleted behind Causeway's back comes back with the next resync.
+    js.delete_stream("CW_ES_shop_dead-letters").await.unwrap();
+    dev.wait_for("resync: EventStore shop/dead-letters created", Duration::from_secs(15));
+    assert!(js.get_stream("CW_ES_shop_dead-letters").await.is_ok());
+
+    assert_eq!(dev.terminate(), 0, "causeway dev exits 0 on SIGTERM");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", nats)).is_err(), "nats-server stopped with dev");
+
+    let mut again = Dev::start(&data, nats, monitor);
+    again.wait_for("Causeway dev is up", Duration::from_secs(60));
+    let applied = again.seen.join("\n");
+    assert!(applied.contains("EventStore shop/orders unchanged"), "{applied}");
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut s = js.get_stream("CW_ES_shop_orders").await.unwrap();
+    assert_eq!(s.info().await.unwrap().state.messages, 1, "events survive a restart of dev");
+    assert_eq!(again.terminate(), 0);
+}
+
+#[test]
+fn dev_refuses_a_busy_port_with_a_clear_message() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let data = TempDir::new("cw-dev");
+    let r = causeway_tests::causeway(&[
+        "dev",
+        "-f",
+        &examples_dir().display().to_string(),
+        "--data",
+        &data.path().display().to_string(),
+        "--nats-port",
+        &port.to_string(),
+        "--monitor-port",
+        &free_port().to_string(),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains(&format!("port {port} is in use")) && r.stderr.contains("--nats-port"), "{}", r.stderr);
+}
