@@ -1,0 +1,240 @@
+//! The one error type of the HTTP API. Every variant maps to a status and a snake_case code, and
+//! is answered as `{"error":"code","message":"…"}` (plus a few fields where the contract names
+//! them, such as `lastSequence` on a conflict). Bad input is always a 4xx, never a 500.
+
+use causeway_api::names::NameError;
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+/// Result of a route.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not the JSON it should be.
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// The JSON is well-formed but is not an event (or batch of them).
+    #[error("{0}")]
+    InvalidEvent(String),
+    /// A name, type or subject breaks the naming rules.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// A query parameter is wrong.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// A header is wrong.
+    #[error("{0}")]
+    InvalidHeader(String),
+    /// A KV key is wrong.
+    #[error("{0}")]
+    InvalidKey(String),
+    /// An ack entry is wrong.
+    #[error("{0}")]
+    InvalidAck(String),
+    /// The API token is missing or wrong.
+    #[error("send the sidecar's API token as 'Authorization: Bearer <token>'")]
+    Unauthorized,
+    /// No such node.
+    #[error("no node {name:?} is known in this namespace; known nodes: {}", list(known))]
+    UnknownNode {
+        /// What was asked for.
+        name: String,
+        /// What exists.
+        known: Vec<String>,
+    },
+    /// No such store.
+    #[error("no event store {name:?} is known in this namespace; known stores: {}", list(known))]
+    UnknownStore {
+        /// What was asked for.
+        name: String,
+        /// What exists.
+        known: Vec<String>,
+    },
+    /// No such listener for this node.
+    #[error("no listener {name:?} belongs to this node; its listeners: {}", list(known))]
+    UnknownListener {
+        /// What was asked for.
+        name: String,
+        /// What exists.
+        known: Vec<String>,
+    },
+    /// No route.
+    #[error("no route {method} {path}; GET /v1/openapi.json lists every route")]
+    NoRoute {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+    },
+    /// Route exists, method does not.
+    #[error("{method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed {
+        /// Method.
+        method: String,
+        /// Allowed methods.
+        allowed: &'static str,
+    },
+    /// KV key absent.
+    #[error("key {0:?} does not exist")]
+    KeyNotFound(String),
+    /// Fetch on a push listener.
+    #[error("listener {0:?} delivers by push; only pull listeners can be fetched")]
+    NotPullListener(String),
+    /// Expected sequence did not match.
+    #[error("the subject's last sequence is {last}, not the expected one; load the subject again and retry")]
+    SequenceConflict {
+        /// The subject's actual last sequence.
+        last: u64,
+    },
+    /// A batch reused ids already stored.
+    #[error(
+        "event ids {ids:?} of this batch were already stored within the duplicate window; a batch is stored all or nothing, so send only new events"
+    )]
+    DuplicateInBatch {
+        /// The ids found stored.
+        ids: Vec<String>,
+    },
+    /// The target stream does not accept atomic batches.
+    #[error("{0}")]
+    BatchNotSupported(String),
+    /// KV precondition failed.
+    #[error("{message}")]
+    PreconditionFailed {
+        /// Explanation.
+        message: String,
+        /// Current revision (0: no key).
+        revision: Option<u64>,
+    },
+    /// Body over the limit.
+    #[error("the body is larger than the sidecar's limit of {limit} bytes (set CAUSEWAY_MAX_BODY to raise it)")]
+    PayloadTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Wrong content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Too many of something at once.
+    #[error("{0}")]
+    TooBusy(String),
+    /// NATS or a JetStream object is not available.
+    #[error("{0}")]
+    Unavailable(String),
+    /// NATS did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// A bug.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+impl Error {
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use Error::*;
+        match self {
+            InvalidJson(_) | InvalidEvent(_) | InvalidName(_) | InvalidQuery(_) | InvalidHeader(_) | InvalidKey(_)
+            | InvalidAck(_) => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            UnknownNode { .. } | UnknownStore { .. } | UnknownListener { .. } | NoRoute { .. } | KeyNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            NotPullListener(_) | SequenceConflict { .. } | DuplicateInBatch { .. } => StatusCode::CONFLICT,
+            BatchNotSupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            TooBusy(_) | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The snake_case code in the body (also the metric label).
+    pub fn code(&self) -> &'static str {
+        use Error::*;
+        match self {
+            InvalidJson(_) => "invalid_json",
+            InvalidEvent(_) => "invalid_event",
+            InvalidName(NameError::TokenPath { what: "event type", .. } | NameError::TypePattern { .. }) => {
+                "invalid_type"
+            }
+            InvalidName(NameError::TokenPath { .. } | NameError::SubjectPattern { .. }) => "invalid_subject",
+            InvalidName(NameError::DnsLabel { .. }) => "invalid_name",
+            InvalidQuery(_) => "invalid_query",
+            InvalidHeader(_) => "invalid_header",
+            InvalidKey(_) => "invalid_key",
+            InvalidAck(_) => "invalid_ack",
+            Unauthorized => "unauthorized",
+            UnknownNode { .. } => "unknown_node",
+            UnknownStore { .. } => "unknown_store",
+            UnknownListener { .. } => "unknown_listener",
+            NoRoute { .. } => "not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            KeyNotFound(_) => "key_not_found",
+            NotPullListener(_) => "not_pull_listener",
+            SequenceConflict { .. } => "sequence_conflict",
+            DuplicateInBatch { .. } => "duplicate_in_batch",
+            BatchNotSupported(_) => "batch_not_supported",
+            PreconditionFailed { .. } => "precondition_failed",
+            PayloadTooLarge { .. } => "payload_too_large",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            TooBusy(_) => "too_busy",
+            Unavailable(_) => "unavailable",
+            Timeout(_) => "timeout",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("error".into(), self.code().into());
+        m.insert("message".into(), self.to_string().into());
+        match self {
+            Error::SequenceConflict { last } => {
+                m.insert("lastSequence".into(), json!(last));
+            }
+            Error::UnknownNode { known, .. }
+            | Error::UnknownStore { known, .. }
+            | Error::UnknownListener { known, .. } => {
+                m.insert("known".into(), json!(known));
+            }
+            Error::DuplicateInBatch { ids } => {
+                m.insert("ids".into(), json!(ids));
+            }
+            Error::PreconditionFailed { revision: Some(r), .. } => {
+                m.insert("revision".into(), json!(r));
+            }
+            _ => {}
+        }
+        Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses() {
+        let e = Error::SequenceConflict { last: 7 };
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert_eq!(e.body()["lastSequence"], 7);
+        assert_eq!(e.body()["error"], "sequence_conflict");
+        let e = Error::from(causeway_api::names::validate_event_type("a b").unwrap_err());
+        assert_eq!((e.status(), e.code()), (StatusCode::BAD_REQUEST, "invalid_type"));
+        let e = Error::from(causeway_api::names::validate_subject("a..b").unwrap_err());
+        assert_eq!(e.code(), "invalid_subject");
+        let e = Error::UnknownNode { name: "x".into(), known: vec!["a".into(), "b".into()] };
+        assert!(e.to_string().contains("a, b"), "{e}");
+        assert_eq!(e.body()["known"][1], "b");
+    }
+}

@@ -1,0 +1,121 @@
+//! `GET /v1/listeners` and `POST /v1/listeners/{l}/fetch` (pull delivery).
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull;
+use causeway_api::{crd::DeliveryMode, envelope::HEADER_TYPE, registry::ListenerRecord};
+use futures::StreamExt;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    error::{Error, Result},
+    http::{Query, Resp, json},
+    routes::stores::decode_stored,
+    state::State,
+};
+
+/// Most events one fetch returns.
+pub const MAX_FETCH: u64 = 1000;
+/// Longest a fetch waits for events.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+/// This node's listeners, with their consumers' figures.
+pub async fn list(state: &State) -> Result<Resp> {
+    let mut out = Vec::new();
+    for l in state.registry.own_listeners() {
+        let figures = match state.js.get_consumer_from_stream::<pull::Config, _, _>(&l.consumer, &l.stream).await {
+            Ok(mut c) => match c.info().await {
+                Ok(i) => json!({
+                    "numPending": i.num_pending,
+                    "numAckPending": i.num_ack_pending,
+                    "redelivered": i.num_redelivered,
+                    "delivered": i.delivered.stream_sequence,
+                    "ackFloor": i.ack_floor.stream_sequence,
+                }),
+                Err(e) => json!({"error": e.to_string()}),
+            },
+            Err(e) => json!({"error": format!("consumer {} not found: {e}", l.consumer)}),
+        };
+        out.push(describe(&l, figures));
+    }
+    Ok(json(StatusCode::OK, &json!({ "listeners": out })))
+}
+
+fn describe(l: &ListenerRecord, figures: Value) -> Value {
+    json!({
+        "name": l.meta.name,
+        "node": l.node,
+        "source": {"kind": l.source.kind.registry_token(), "name": l.source.name},
+        "stream": l.stream,
+        "consumer": l.consumer,
+        "filterSubjects": l.filter_subjects,
+        "types": l.types,
+        "mode": l.delivery.mode,
+        "path": l.delivery.path,
+        "ordered": l.delivery.ordered,
+        "maxInFlight": l.delivery.max_in_flight,
+        "figures": figures,
+    })
+}
+
+/// Pulls up to `max` events (waiting up to `waitMs` for the first), each with an `ackToken`
+/// for `POST /v1/acks`. Events whose type the listener does not want are acked and skipped.
+pub async fn fetch(state: &State, name: &str, query: Option<&str>) -> Result<Resp> {
+    let q = Query::parse(query);
+    let max = q.u64("max")?.unwrap_or(10);
+    let wait_ms = q.u64("waitMs")?.unwrap_or(0);
+    if max == 0 || max > MAX_FETCH {
+        return Err(Error::InvalidQuery(format!("max must be between 1 and {MAX_FETCH}")));
+    }
+    if wait_ms > MAX_WAIT_MS {
+        return Err(Error::InvalidQuery(format!("waitMs must be at most {MAX_WAIT_MS}")));
+    }
+    let l = state.registry.own_listener(name)?;
+    if l.delivery.mode != DeliveryMode::Pull {
+        return Err(Error::NotPullListener(name.to_owned()));
+    }
+    let consumer =
+        state.js.get_consumer_from_stream::<pull::Config, _, _>(&l.consumer, &l.stream).await.map_err(|e| {
+            Error::Unavailable(format!("consumer {} is not available ({e}); is the Listener reconciled?", l.consumer))
+        })?;
+    let unavailable = |e: &dyn std::fmt::Display| Error::Unavailable(format!("fetch from {}: {e}", l.consumer));
+    let mut msgs = if wait_ms == 0 {
+        consumer.fetch().max_messages(max as usize).messages().await.map_err(|e| unavailable(&e))?
+    } else {
+        consumer
+            .batch()
+            .max_messages(max as usize)
+            .expires(Duration::from_millis(wait_ms.max(10)))
+            .messages()
+            .await
+            .map_err(|e| unavailable(&e))?
+    };
+    let mut events = Vec::new();
+    while let Some(m) = msgs.next().await {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "fetch ended");
+                break;
+            }
+        };
+        let wanted = m.headers.as_ref().and_then(|h| h.get(HEADER_TYPE)).is_none_or(|t| l.wants_type(t.as_str()));
+        if !wanted {
+            let _ = m.ack().await;
+            continue;
+        }
+        let Ok(info) = m.info() else { continue };
+        let (seq, attempt) = (info.stream_sequence, info.delivered);
+        let Some(token) = m.reply.as_ref().map(|r| r.to_string()) else { continue };
+        let (env, _) = decode_stored(state, &m.payload, &l.stream, seq).await?;
+        state.causes.remember(&env);
+        let mut v = crate::event::view_value(&env, &l.stream, seq);
+        if let Value::Object(o) = &mut v {
+            o.insert("ackToken".into(), token.into());
+            o.insert("attempt".into(), attempt.into());
+        }
+        events.push(v);
+    }
+    Ok(json(StatusCode::OK, &json!({ "events": events })))
+}

@@ -1,0 +1,10 @@
+//! One file per resource of the HTTP API (see DESIGN.md, "Sidecar HTTP API").
+
+pub mod acks;
+pub mod health;
+pub mod kv;
+pub mod listeners;
+pub mod nodes;
+pub mod openapi;
+pub mod stores;
+pub mod stream;

@@ -1,0 +1,47 @@
+//! `POST /v1/nodes/{node}/events`: send one event, or an all-or-nothing batch, to a node's inbox.
+
+use causeway_api::naming;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use crate::{
+    error::Result,
+    event::{build, parse_request},
+    http::{Resp, json, read_body},
+    publish::{Outgoing, publish_batch, publish_one},
+    state::State,
+};
+
+/// Sends the body's event(s) to `node` (`name` or `namespace.name`). Answers 202 after the
+/// JetStream ack: `{"id","sequence","duplicate"}`, or an array of those for a batch.
+pub async fn send(state: &State, node: &str, req: Request<Incoming>) -> Result<Resp> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, state.config.max_body).await?;
+    let (drafts, batch) = parse_request(&parts.headers, &body)?;
+    let target = state.registry.node(&state.js, node).await?;
+    let target_name = format!("{}/{}", target.meta.namespace, target.meta.name);
+    let sender = state.sender();
+    let outs: Vec<Outgoing> = drafts
+        .into_iter()
+        .map(|d| {
+            // In an inbox the subject is the event type, so listeners filter by type on the server.
+            let subject = d.event_type.clone();
+            let envelope = build(d, None, &state.causes, &state.clock, &sender, &target_name, &subject);
+            Outgoing {
+                subject: naming::join_subject(&target.inbox_subject_prefix, &subject),
+                envelope,
+                expected: None,
+                msg_id: None,
+            }
+        })
+        .collect();
+    if batch {
+        let acks = publish_batch(state, outs).await?;
+        state.metrics.written("send", acks.iter().all(|a| a.duplicate), acks.len() as u64);
+        Ok(json(StatusCode::ACCEPTED, &acks))
+    } else {
+        let ack = publish_one(state, outs.into_iter().next().expect("one event")).await?;
+        state.metrics.written("send", ack.duplicate, 1);
+        Ok(json(StatusCode::ACCEPTED, &ack))
+    }
+}

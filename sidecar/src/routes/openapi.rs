@@ -1,0 +1,247 @@
+//! `GET /v1/openapi.json`: the OpenAPI 3.0 document of every route.
+
+use std::sync::OnceLock;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::http::{Resp, json_bytes};
+
+/// The document, built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+/// Serves the document.
+pub fn get() -> Resp {
+    json_bytes(StatusCode::OK, serde_json::to_vec(document()).unwrap_or_default())
+}
+
+fn err(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn ok_json(desc: &str, schema: Value) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": schema}}})
+}
+
+fn path_param(name: &str, desc: &str, pattern: Option<&str>) -> Value {
+    let mut schema = json!({"type": "string"});
+    if let Some(p) = pattern {
+        schema["pattern"] = p.into();
+    }
+    json!({"name": name, "in": "path", "required": true, "description": desc, "schema": schema})
+}
+
+fn query(name: &str, desc: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": desc, "schema": schema})
+}
+
+fn header(name: &str, desc: &str) -> Value {
+    json!({"name": name, "in": "header", "required": false, "description": desc, "schema": {"type": "string"}})
+}
+
+fn build() -> Value {
+    let uint = json!({"type": "integer", "minimum": 0});
+    let event_body = json!({
+        "required": true,
+        "content": {
+            "application/json": {"schema": {"oneOf": [
+                {"$ref": "#/components/schemas/EventInput"},
+                {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/EventInput"}}
+            ]}},
+            "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
+            "application/cloudevents-batch+json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/CloudEvent"}}}
+        }
+    });
+    let accepted = ok_json(
+        "Stored in JetStream (after the ack). An array of results for a batch.",
+        json!({"oneOf": [{"$ref": "#/components/schemas/Ack"}, {"type": "array", "items": {"$ref": "#/components/schemas/Ack"}}]}),
+    );
+    let store = path_param("store", "EventStore name", Some(causeway_api::names::DNS_LABEL_PATTERN));
+    let kv_ops = |scope: &str| {
+        let key = path_param("key", "Key: letters, digits and - / _ = . (no empty part between dots)", None);
+        json!({
+            "parameters": [key],
+            "get": {
+                "summary": format!("Read a key of the {scope} bucket"),
+                "responses": {
+                    "200": {"description": "The JSON value; ETag is its revision.", "headers": {"ETag": {"schema": {"type": "string"}}},
+                            "content": {"application/json": {"schema": {}}}},
+                    "400": err("Invalid key"), "404": err("No such key")
+                }
+            },
+            "put": {
+                "summary": format!("Write a key of the {scope} bucket"),
+                "parameters": [header("If-Match", "Compare-and-set: the revision (ETag) you read"),
+                               header("If-None-Match", "* to create only")],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {}}}},
+                "responses": {
+                    "200": ok_json("Written", json!({"$ref": "#/components/schemas/KvWrite"})),
+                    "201": ok_json("Created (If-None-Match: *)", json!({"$ref": "#/components/schemas/KvWrite"})),
+                    "400": err("Invalid key, JSON or header"), "412": err("Precondition failed"),
+                    "413": err("Too large"), "415": err("Not JSON")
+                }
+            },
+            "delete": {
+                "summary": format!("Delete a key of the {scope} bucket"),
+                "parameters": [header("If-Match", "Delete only at this revision")],
+                "responses": {"204": {"description": "Deleted"}, "400": err("Invalid key or header"), "412": err("Precondition failed")}
+            }
+        })
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Causeway sidecar",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Localhost HTTP API of the Causeway sidecar: send and receive events, append to and load from event stores, live streams, key-value state. Errors are always {\"error\",\"message\"} with a 4xx for bad input."
+        },
+        "servers": [{"url": "http://127.0.0.1:4480"}],
+        "paths": {
+            "/v1/nodes/{node}/events": {
+                "post": {
+                    "summary": "Send one event, or an all-or-nothing batch, to a node's inbox",
+                    "parameters": [path_param("node", "Node name, or namespace.name", None),
+                                   header("Cw-Causation-Id", "The event that caused this one"),
+                                   header("Cw-Correlation-Id", "The conversation")],
+                    "requestBody": event_body,
+                    "responses": {"202": accepted, "400": err("Invalid event"), "404": err("Unknown node"),
+                                  "409": err("Batch ids already stored"), "413": err("Too large"), "415": err("Wrong content type"),
+                                  "422": err("The inbox does not accept batches")}
+                }
+            },
+            "/v1/stores/{store}": {
+                "get": {
+                    "summary": "Offsets and figures of an event store",
+                    "parameters": [store],
+                    "responses": {"200": ok_json("Figures", json!({"$ref": "#/components/schemas/StoreFigures"})), "404": err("Unknown store")}
+                }
+            },
+            "/v1/stores/{store}/subjects/{subject}/events": {
+                "parameters": [store, path_param("subject", "Subject; for load also a pattern with * and a final >", None)],
+                "post": {
+                    "summary": "Append one event (or an all-or-nothing batch) to a subject, optionally at an expected sequence",
+                    "parameters": [query("expectedSequence", "The subject's last sequence you expect (0: empty)", uint.clone()),
+                                   header("If-Match", "\"<seq>\": same as expectedSequence"),
+                                   header("Cw-Causation-Id", "The event that caused this one")],
+                    "requestBody": event_body,
+                    "responses": {"202": accepted, "400": err("Invalid event or subject"), "404": err("Unknown store"),
+                                  "409": err("sequence_conflict, with lastSequence"), "413": err("Too large"), "415": err("Wrong content type")}
+                },
+                "get": {
+                    "summary": "Load the events of a subject or pattern",
+                    "parameters": [query("after", "Only events after this sequence", uint.clone()),
+                                   query("upTo", "Only events up to this sequence", uint.clone()),
+                                   query("limit", "At most this many events (default 1000, at most 10000)", json!({"type": "integer", "minimum": 1, "maximum": 10000}))],
+                    "responses": {"200": ok_json("Events in order", json!({"$ref": "#/components/schemas/Load"})),
+                                  "400": err("Invalid subject or query"), "404": err("Unknown store")}
+                }
+            },
+            "/v1/stores/{store}/events": {
+                "get": {
+                    "summary": "Live stream: stored events after `after`, a caughtUp marker, then new events (SSE or NDJSON by Accept)",
+                    "parameters": [store,
+                                   query("subject", "Subject pattern (default >)", json!({"type": "string"})),
+                                   query("after", "Start after this sequence", uint.clone()),
+                                   query("follow", "Keep following after caughtUp (default true)", json!({"type": "boolean"})),
+                                   header("Last-Event-ID", "Resume after this sequence (SSE reconnect)")],
+                    "responses": {
+                        "200": {"description": "text/event-stream: `id: <sequence>` and `data: <event>`; `event: caughtUp`. application/x-ndjson: one event per line, then {\"caughtUp\":true}.",
+                                "content": {"text/event-stream": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}},
+                        "400": err("Invalid subject, query or Last-Event-ID"), "404": err("Unknown store"), "503": err("Too many live streams")
+                    }
+                }
+            },
+            "/v1/global/{key}": kv_ops("namespace's global"),
+            "/v1/state/{key}": kv_ops("node's state"),
+            "/v1/listeners": {
+                "get": {"summary": "This node's listeners with consumer figures",
+                        "responses": {"200": ok_json("Listeners", json!({"type": "object", "properties": {"listeners": {"type": "array", "items": {"type": "object"}}}}))}}
+            },
+            "/v1/listeners/{listener}/fetch": {
+                "post": {
+                    "summary": "Pull events of a pull listener; ack them with POST /v1/acks",
+                    "parameters": [path_param("listener", "Listener name", None),
+                                   query("max", "At most this many events (default 10)", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
+                                   query("waitMs", "Wait this long for events (default 0)", json!({"type": "integer", "minimum": 0, "maximum": 30000}))],
+                    "responses": {"200": ok_json("Events with ackToken", json!({"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}})),
+                                  "400": err("Invalid query"), "404": err("Unknown listener"), "409": err("Not a pull listener")}
+                }
+            },
+            "/v1/acks": {
+                "post": {
+                    "summary": "Ack, nak or term fetched events",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "required": ["token", "result"], "additionalProperties": false,
+                        "properties": {"token": {"type": "string"}, "result": {"type": "string", "enum": ["ack", "nak", "term"]}, "delayMs": {"type": "integer", "minimum": 0}}}}}}},
+                    "responses": {"200": ok_json("Applied", json!({"type": "object", "properties": {"processed": {"type": "integer"}}})),
+                                  "400": err("Invalid ack"), "415": err("Not JSON")}
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness: NATS connected, registry synced, app healthy",
+                                "parameters": [query("app", "ignore: leave the app's health out", json!({"type": "string", "enum": ["ignore"]}))],
+                                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OpenMetrics text"}}}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}}
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                "error": {"type": "string", "description": "snake_case code"},
+                "message": {"type": "string"},
+                "lastSequence": {"type": "integer"}, "known": {"type": "array", "items": {"type": "string"}},
+                "revision": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "string"}}}},
+            "EventInput": {"type": "object", "required": ["type"], "additionalProperties": false, "properties": {
+                "type": {"type": "string", "pattern": causeway_api::names::TOKEN_PATH_PATTERN, "maxLength": 256},
+                "payload": {},
+                "id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                "causationId": {"type": "string"}, "correlationId": {"type": "string"},
+                "extensions": {"type": "object"}}},
+            "CloudEvent": {"type": "object", "required": ["specversion", "id", "type"], "properties": {
+                "specversion": {"type": "string", "enum": ["1.0"]}, "id": {"type": "string"}, "type": {"type": "string"},
+                "source": {"type": "string"}, "subject": {"type": "string"}, "time": {"type": "string"}, "data": {}}},
+            "Ack": {"type": "object", "required": ["id", "sequence", "duplicate"], "properties": {
+                "id": {"type": "string"}, "sequence": {"type": "integer"}, "duplicate": {"type": "boolean"}}},
+            "Event": {"type": "object", "properties": {
+                "id": {"type": "string"}, "type": {"type": "string"}, "payload": {}, "subject": {"type": "string"},
+                "time": {"type": "string"}, "sender": {"type": "string"}, "causationId": {"type": "string"},
+                "correlationId": {"type": "string"}, "path": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
+                "lamport": {"type": "integer"}, "stream": {"type": "string"}, "sequence": {"type": "integer"},
+                "ackToken": {"type": "string"}, "attempt": {"type": "integer"}}},
+            "Load": {"type": "object", "required": ["events", "lastSequence", "more"], "properties": {
+                "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                "lastSequence": {"type": "integer"}, "more": {"type": "boolean"}}},
+            "StoreFigures": {"type": "object", "properties": {
+                "store": {"type": "string"}, "stream": {"type": "string"}, "firstSequence": {"type": "integer"},
+                "lastSequence": {"type": "integer"}, "events": {"type": "integer"}, "bytes": {"type": "integer"}}},
+            "KvWrite": {"type": "object", "properties": {"key": {"type": "string"}, "revision": {"type": "integer"}}}
+        }}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn documents_every_route() {
+        let d = super::document();
+        for p in [
+            "/v1/nodes/{node}/events",
+            "/v1/stores/{store}/subjects/{subject}/events",
+            "/v1/stores/{store}/events",
+            "/v1/stores/{store}",
+            "/v1/global/{key}",
+            "/v1/state/{key}",
+            "/v1/listeners",
+            "/v1/listeners/{listener}/fetch",
+            "/v1/acks",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/v1/openapi.json",
+        ] {
+            assert!(d["paths"][p].is_object(), "{p} is not documented");
+        }
+    }
+}

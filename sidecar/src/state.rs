@@ -1,0 +1,119 @@
+//! What every request and worker shares.
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_nats::jetstream::{self, kv};
+use causeway_api::{causal::LamportClock, naming};
+use tokio::sync::{Mutex, Semaphore, watch};
+
+use crate::{
+    blob::Blobs,
+    config::Config,
+    error::{Error, Result},
+    event::Causes,
+    metrics::Metrics,
+    registry::Registry,
+};
+
+/// Recently delivered events remembered for `Cw-Causation-Id`.
+const CAUSES_REMEMBERED: usize = 4096;
+
+/// Shared state.
+#[derive(Debug)]
+pub struct State {
+    /// Configuration.
+    pub config: Config,
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// JetStream on it.
+    pub js: jetstream::Context,
+    /// The namespace's records.
+    pub registry: Arc<Registry>,
+    /// This node's Lamport clock.
+    pub clock: LamportClock,
+    /// Recently delivered events.
+    pub causes: Causes,
+    /// Large payloads.
+    pub blobs: Blobs,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Live streams allowed at once.
+    pub streams: Arc<Semaphore>,
+    /// True while the app's health check passes (or when there is none).
+    pub app_healthy: watch::Sender<bool>,
+    /// True once the app's health check has passed at least once.
+    pub app_seen: watch::Sender<bool>,
+    /// Becomes true on SIGTERM.
+    pub shutdown: watch::Receiver<bool>,
+    buckets: Mutex<HashMap<String, kv::Store>>,
+}
+
+impl State {
+    /// New shared state.
+    pub fn new(config: Config, client: async_nats::Client, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        let js = jetstream::new(client.clone());
+        let registry = Registry::new(config.namespace.clone(), config.node.clone());
+        let blobs = Blobs::new(js.clone(), naming::blob_bucket(&config.namespace));
+        Arc::new(Self {
+            streams: Arc::new(Semaphore::new(config.max_streams)),
+            config,
+            client,
+            js,
+            registry,
+            clock: LamportClock::new(0),
+            causes: Causes::new(CAUSES_REMEMBERED),
+            blobs,
+            metrics: Metrics::default(),
+            app_healthy: watch::channel(true).0,
+            app_seen: watch::channel(false).0,
+            shutdown,
+            buckets: Mutex::default(),
+        })
+    }
+
+    /// The server's `max_payload`.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// `<ns>/<node>`.
+    pub fn sender(&self) -> String {
+        self.config.sender()
+    }
+
+    /// A KV bucket handle, cached after the first lookup.
+    pub async fn bucket(&self, name: &str) -> Result<kv::Store> {
+        let mut g = self.buckets.lock().await;
+        if let Some(s) = g.get(name) {
+            return Ok(s.clone());
+        }
+        let s = self.js.get_key_value(name).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "bucket {name} is not available ({e}); is the Node reconciled (causeway apply)?"
+            ))
+        })?;
+        g.insert(name.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// The namespace's global bucket.
+    pub fn global_bucket(&self) -> String {
+        naming::global_bucket(&self.config.namespace)
+    }
+
+    /// This node's state bucket.
+    pub fn state_bucket(&self) -> String {
+        naming::state_bucket(&self.config.namespace, &self.config.node)
+    }
+
+    /// True when NATS is connected.
+    pub fn nats_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// Waits until a flag turns true (or its sender is gone). The guard `wait_for` returns is dropped
+/// here, so callers can hold the future across awaits in `Send` tasks.
+pub async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
