@@ -58,7 +58,15 @@ impl Blobs {
         let store = self.store().await?;
         let name = env.id.clone();
         store
-            .put(name.as_str(), &mut payload.as_slice())
+            .put(
+                jetstream::object_store::ObjectMetadata {
+                    name: name.clone(),
+                    // Chunks must fit in one message too.
+                    chunk_size: Some((max_payload.saturating_sub(HEADROOM)).clamp(1024, 128 * 1024)),
+                    ..Default::default()
+                },
+                &mut payload.as_slice(),
+            )
             .await
             .map_err(|e| Error::Unavailable(format!("blob store {}: {e}", self.bucket)))?;
         env.blob = Some(BlobRef { bucket: self.bucket.clone(), name, size: payload.len() as u64 });
