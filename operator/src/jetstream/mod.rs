@@ -26,6 +26,12 @@ use causeway_api::{
     naming::{self, REGISTRY_BUCKET},
     registry::{ListenerRecord, Meta, NodeRecord, Record, StoreRecord},
 };
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 use tracing::{debug, info};
 
 pub use diff::Change;
@@ -247,12 +253,26 @@ pub struct Reconciler {
     js: jetstream::Context,
     manager: &'static str,
     registry_replicas: usize,
+    /// Shared buckets (registry, global KVs) known to exist, and when that was last checked:
+    /// they are re-checked at most every [`SHARED_RECHECK`], not once per object.
+    shared: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The registry bucket handle, dropped after any failure so it is opened afresh.
+    registry_kv: Arc<Mutex<Option<kv::Store>>>,
 }
+
+/// How often a shared bucket's existence is re-checked (drift correction for shared buckets).
+const SHARED_RECHECK: Duration = Duration::from_secs(30);
 
 impl Reconciler {
     /// A reconciler writing registry records as `manager` (`operator` or `apply`).
     pub fn new(client: async_nats::Client, manager: &'static str) -> Self {
-        Self { js: jetstream::new(client), manager, registry_replicas: 1 }
+        Self {
+            js: jetstream::new(client),
+            manager,
+            registry_replicas: 1,
+            shared: Default::default(),
+            registry_kv: Default::default(),
+        }
     }
 
     /// Replicas of the registry and global buckets when they are created (default 1).
@@ -571,24 +591,45 @@ impl Reconciler {
     }
 
     async fn read_record_key(&self, key: &str) -> Result<Option<Record>> {
-        let kv = match self.js.get_key_value(REGISTRY_BUCKET).await {
-            Ok(kv) => kv,
-            Err(e)
-                if e.kind() == KeyValueErrorKind::GetBucket
-                    && self.get_stream(&format!("KV_{REGISTRY_BUCKET}")).await?.is_none() =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(Error::nats("open registry")(e)),
+        let cached = self.registry_kv.lock().expect("registry lock").clone();
+        let kv = match cached {
+            Some(kv) => kv,
+            None => match self.js.get_key_value(REGISTRY_BUCKET).await {
+                Ok(kv) => {
+                    *self.registry_kv.lock().expect("registry lock") = Some(kv.clone());
+                    kv
+                }
+                Err(e)
+                    if e.kind() == KeyValueErrorKind::GetBucket
+                        && self.get_stream(&format!("KV_{REGISTRY_BUCKET}")).await?.is_none() =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(Error::nats("open registry")(e)),
+            },
         };
-        match kv.get(key).await.map_err(Error::nats("read registry"))? {
+        match kv.get(key).await.map_err(|e| {
+            self.forget_shared();
+            Error::nats("read registry")(e)
+        })? {
             Some(b) => Ok(Record::from_bytes(&b).ok()),
             None => Ok(None),
         }
     }
 
     async fn registry(&self) -> Result<kv::Store> {
-        self.js.get_key_value(REGISTRY_BUCKET).await.map_err(Error::nats("open registry"))
+        if let Some(kv) = self.registry_kv.lock().expect("registry lock").clone() {
+            return Ok(kv);
+        }
+        let kv = self.js.get_key_value(REGISTRY_BUCKET).await.map_err(Error::nats("open registry"))?;
+        *self.registry_kv.lock().expect("registry lock") = Some(kv.clone());
+        Ok(kv)
+    }
+
+    /// After a failure, forget cached knowledge of shared buckets.
+    fn forget_shared(&self) {
+        self.registry_kv.lock().expect("registry lock").take();
+        self.shared.lock().expect("shared lock").clear();
     }
 
     /// Writes the record if it differs from the stored one. `Some(existed)` when written (or
@@ -600,12 +641,18 @@ impl Reconciler {
             return Ok(Some(false));
         }
         let kv = self.registry().await?;
-        let current = kv.get(&key).await.map_err(Error::nats("read registry"))?;
+        let current = kv.get(&key).await.map_err(|e| {
+            self.forget_shared();
+            Error::nats("read registry")(e)
+        })?;
         if current.as_deref() == Some(bytes.as_slice()) {
             return Ok(None);
         }
         if mode == Mode::Apply {
-            kv.put(&key, bytes.into()).await.map_err(Error::nats("write registry"))?;
+            kv.put(&key, bytes.into()).await.map_err(|e| {
+                self.forget_shared();
+                Error::nats("write registry")(e)
+            })?;
             debug!(key, "registry record written");
         }
         Ok(Some(current.is_some()))
@@ -624,6 +671,22 @@ impl Reconciler {
     }
 
     async fn ensure_stream(&self, want: &stream::Config, mode: Mode, create_only: bool) -> Result<StreamResult> {
+        if create_only {
+            let fresh =
+                self.shared.lock().expect("shared lock").get(&want.name).is_some_and(|t| t.elapsed() < SHARED_RECHECK);
+            if fresh {
+                return Ok(StreamResult { step: Step::Unchanged, changes: Vec::new(), state: None });
+            }
+            let r = self.ensure_stream_now(want, mode, true).await?;
+            if matches!(r.step, Step::Unchanged | Step::Created) && mode == Mode::Apply {
+                self.shared.lock().expect("shared lock").insert(want.name.clone(), Instant::now());
+            }
+            return Ok(r);
+        }
+        self.ensure_stream_now(want, mode, false).await
+    }
+
+    async fn ensure_stream_now(&self, want: &stream::Config, mode: Mode, create_only: bool) -> Result<StreamResult> {
         let Some(stream) = self.get_stream(&want.name).await? else {
             if mode == Mode::DryRun {
                 return Ok(StreamResult { step: Step::Created, changes: Vec::new(), state: None });
