@@ -101,6 +101,11 @@ impl Draft {
         }
         check_causal_id("causationId", &self.causation_id)?;
         check_causal_id("correlationId", &self.correlation_id)?;
+        if let Some(t) = &self.time
+            && chrono::DateTime::parse_from_rfc3339(t).is_err()
+        {
+            return Err(Error::InvalidEvent(format!("time {t:?} is not RFC 3339, e.g. 2026-11-25T12:00:00Z")));
+        }
         Ok(self)
     }
 
@@ -421,6 +426,8 @@ mod tests {
         let (d, _) = parse_request(&hs, br#"{"k":"v"}"#).unwrap();
         assert_eq!((d[0].id.as_deref(), d[0].event_type.as_str()), (Some("b-1"), "t"));
         assert_eq!(d[0].extensions["source"], "/x y");
+        let hs = h(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-type", "t"), ("ce-time", "yesterday")]);
+        assert_eq!(parse_request(&hs, b"{}").unwrap_err().code(), "invalid_event");
         let hs = h(&[("content-type", "application/json"), ("ce-specversion", "1.0"), ("ce-type", "t")]);
         assert_eq!(parse_request(&hs, b"{}").unwrap_err().code(), "invalid_header");
         let hs = h(&[("content-type", "text/plain"), ("ce-specversion", "1.0")]);
