@@ -40,6 +40,8 @@ pub struct Meta {
 /// A registry entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind")]
+// Records are few and read rarely; boxing would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 pub enum Record {
     /// An EventStore.
     EventStore(StoreRecord),

@@ -30,7 +30,7 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub enum LineResult {
     /// Reconciled.
-    Applied(Outcome),
+    Applied(Box<Outcome>),
     /// Removed by `--prune`.
     Pruned {
         /// JetStream objects deleted.
@@ -123,7 +123,7 @@ pub async fn apply(reconciler: &Reconciler, objects: &[Loaded], opts: Options) -
     let mut report = Report::default();
     for obj in sorted {
         let result = match reconciler.reconcile_in(obj, mode, &batch).await {
-            Ok(o) => LineResult::Applied(o),
+            Ok(o) => LineResult::Applied(Box::new(o)),
             Err(e) => LineResult::Failed(e.to_string()),
         };
         report.lines.push(Line { object: obj.display(), kind: obj.kind(), result, dry_run: opts.dry_run });
