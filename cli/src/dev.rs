@@ -290,15 +290,24 @@ pub async fn run(a: DevArgs) -> ExitCode {
     for l in &table {
         println!("{l}");
     }
-    if let Some((l, _)) = nodes.first() {
+    if !nodes.is_empty() {
+        // Suggest a send that a listener of the manifests will deliver: its inbox and first type.
+        let (target, event_type) = objects
+            .iter()
+            .find_map(|l| match &l.object.spec {
+                Spec::Listener(s) => {
+                    Some((s.source.inbox.clone()?.to_string(), s.types.first().map(|t| t.to_string())?))
+                }
+                _ => None,
+            })
+            .filter(|(_, t)| !t.ends_with(".*"))
+            .unwrap_or_else(|| (nodes[0].0.object.meta.name.to_string(), "hello".into()));
         println!("Try:");
         println!(
-            "  curl -s -XPOST localhost:{}/v1/nodes/inventory/events -H 'content-type: application/json' -d '{{\"type\":\"order-placed\",\"payload\":{{\"orderId\":\"123\"}}}}'",
+            "  curl -s -XPOST localhost:{}/v1/nodes/{target}/events -H 'content-type: application/json' -d '{{\"type\":\"{event_type}\",\"payload\":{{\"orderId\":\"123\"}}}}'",
             a.sidecar_port
         );
-        let _ = l;
     }
-
     let resync = a.resync.get().max(Duration::from_secs(1));
     let mut tick = tokio::time::interval(resync);
     tick.tick().await;
