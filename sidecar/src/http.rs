@@ -43,6 +43,11 @@ pub fn error(e: &Error) -> Resp {
     if let Error::MethodNotAllowed { allowed, .. } = e {
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
+    if let Error::PayloadTooLarge { .. } = e {
+        // The rest of the body is not read, so the connection cannot carry another request;
+        // saying so stops clients from reusing it and failing their next request.
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 
