@@ -2,20 +2,25 @@
 //! the same run on the same nats-server (timings on shared machines are noisy; ratios less so).
 //!
 //! ```sh
-//! cargo run --release -p causeway-bench -- reconcile
+//! cargo build --release -p causeway-sidecar -p causeway-bench && target/release/causeway-bench all
 //! ```
 #![forbid(unsafe_code)]
 
 mod reconcile;
+mod sidecar;
 
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     match what.as_str() {
         "reconcile" => reconcile::run().await,
-        "all" => reconcile::run().await,
+        "sidecar" => sidecar::run().await,
+        "all" => {
+            reconcile::run().await;
+            sidecar::run().await;
+        }
         other => {
-            eprintln!("unknown benchmark {other:?}: use reconcile or all");
+            eprintln!("unknown benchmark {other:?}: use reconcile, sidecar or all");
             std::process::exit(64);
         }
     }
