@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blob;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -64,6 +65,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
     let registry = tokio::spawn(registry::follow(state.registry.clone(), state.js.clone(), shutdown.clone()));
     let health = tokio::spawn(push::watch_app_health(state.clone()));
     let pushing = tokio::spawn(push::supervise(state.clone()));
+    let clock = tokio::spawn(clock::keep(state.clone()));
     let mut stop = shutdown.clone();
     server::run(listener, state.clone(), async move {
         let _ = crate::state::until_true(&mut stop).await;
@@ -72,6 +74,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
     let _ = pushing.await;
     let _ = registry.await;
     let _ = health.await;
+    let _ = clock.await;
     let _ = state.client.flush().await;
     Ok(())
 }

@@ -43,6 +43,8 @@ pub struct State {
     pub app_healthy: watch::Sender<bool>,
     /// True once the app's health check has passed at least once.
     pub app_seen: watch::Sender<bool>,
+    /// True once the Lamport clock is restored from the state bucket (see [`crate::clock`]).
+    pub clock_restored: watch::Sender<bool>,
     /// Becomes true on SIGTERM.
     pub shutdown: watch::Receiver<bool>,
     buckets: Mutex<HashMap<String, kv::Store>>,
@@ -66,6 +68,7 @@ impl State {
             metrics: Metrics::default(),
             app_healthy: watch::channel(true).0,
             app_seen: watch::channel(false).0,
+            clock_restored: watch::channel(false).0,
             shutdown,
             buckets: Mutex::default(),
         })

@@ -13,7 +13,7 @@ pub fn healthz() -> Resp {
     json(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// Readiness: NATS connected, registry synced, and the app healthy.
+/// Readiness: NATS connected, registry synced, the Lamport clock restored, and the app healthy.
 ///
 /// The app only counts once its health check has passed at least once: a native sidecar's
 /// startup probe must pass before Kubernetes starts the app at all. `?app=ignore` skips it.
@@ -24,7 +24,8 @@ pub fn readyz(state: &State, query: Option<&str>) -> Resp {
     let app_healthy = *state.app_healthy.borrow();
     let app_seen = *state.app_seen.borrow();
     let app_ok = ignore_app || app_healthy || !app_seen;
-    let ready = nats && registry && app_ok;
+    let clock = *state.clock_restored.borrow();
+    let ready = nats && registry && clock && app_ok;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json(
         status,
@@ -32,6 +33,7 @@ pub fn readyz(state: &State, query: Option<&str>) -> Resp {
             "ready": ready,
             "natsConnected": nats,
             "registrySynced": registry,
+            "clockRestored": clock,
             "appHealthy": app_healthy,
             "appSeen": app_seen,
         }),
