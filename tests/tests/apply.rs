@@ -70,6 +70,7 @@ async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
     let state = js.get_key_value("CW_ST_shop_inventory").await.expect("state bucket");
     assert_eq!(state.status().await.unwrap().history(), 1);
     js.get_key_value("CW_GL_shop").await.expect("global bucket");
+    js.get_object_store("CW_BLOB_shop").await.expect("blob store for large payloads");
     // Listener → durable consumer cw_shop_<l> with the filter from its types.
     let inbox_stream = js.get_stream("CW_IN_shop_inventory").await.unwrap();
     let c = inbox_stream.consumer_info("cw_shop_reserve-stock").await.unwrap().config.clone();

@@ -154,6 +154,22 @@ pub fn global_kv(ns: &DnsLabel, replicas: usize) -> stream::Config {
     kv_stream(&naming::global_bucket(ns), format!("Causeway global KV of namespace {ns}"), 1, None, replicas)
 }
 
+/// The object store of a namespace for payloads above the server's `max_payload`, shaped as
+/// NATS object-store clients expect (stream `OBJ_<bucket>`).
+pub fn blob_store(ns: &DnsLabel, replicas: usize) -> stream::Config {
+    let bucket = naming::blob_bucket(ns);
+    let mut c = base(
+        format!("OBJ_{bucket}"),
+        vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+        format!("Causeway large payloads of namespace {ns}"),
+    );
+    c.storage = StorageType::File;
+    c.num_replicas = replicas;
+    c.discard = DiscardPolicy::New;
+    c.allow_rollup = true;
+    c
+}
+
 /// The registry bucket that sidecars watch.
 pub fn registry_kv(replicas: usize) -> stream::Config {
     kv_stream(REGISTRY_BUCKET, "Causeway registry: resolved stores, nodes and listeners".into(), 1, None, replicas)

@@ -314,7 +314,11 @@ impl Reconciler {
         {
             Spec::EventStore(spec) => {
                 let rec = StoreRecord::resolve(obj.meta.clone(), spec);
-                let streams = vec![desired::global_kv(ns, self.registry_replicas), desired::store_stream(&rec)];
+                let streams = vec![
+                    desired::global_kv(ns, self.registry_replicas),
+                    desired::store_stream(&rec),
+                    desired::blob_store(ns, self.registry_replicas),
+                ];
                 (Record::EventStore(rec), streams, None)
             }
             Spec::Node(spec) => {
@@ -323,6 +327,7 @@ impl Reconciler {
                     desired::global_kv(ns, self.registry_replicas),
                     desired::inbox_stream(&rec),
                     desired::state_kv(&rec),
+                    desired::blob_store(ns, self.registry_replicas),
                 ];
                 (Record::Node(rec), streams, None)
             }
@@ -353,8 +358,8 @@ impl Reconciler {
 
         let mut figures = Figures::default();
         for (i, want) in streams.iter().enumerate() {
-            // The global bucket is shared by the namespace: created once, never reshaped by one object.
-            let create_only = want.name.starts_with("KV_CW_GL_");
+            // The namespace's global and blob buckets are shared: created once, never reshaped.
+            let create_only = want.name.starts_with("KV_CW_GL_") || want.name.starts_with("OBJ_CW_BLOB_");
             let r = self.ensure_stream(want, mode, create_only).await?;
             changes.extend(r.changes);
             match r.step {
