@@ -362,30 +362,14 @@ impl Reconciler {
             let create_only = want.name.starts_with("KV_CW_GL_") || want.name.starts_with("OBJ_CW_BLOB_");
             let r = self.ensure_stream(want, mode, create_only).await?;
             changes.extend(r.changes);
+            if let Some(o) = stopped(&r.step, obj, &format!("stream {}", want.name), &changes, &figures) {
+                return Ok(o);
+            }
             match r.step {
-                Step::Immutable => {
-                    let fields: Vec<String> = changes.iter().filter(|c| c.immutable).map(|c| c.to_string()).collect();
-                    return Ok(Outcome {
-                        action: Action::Unchanged,
-                        readiness: Readiness::not(reason::IMMUTABLE_FIELD_CHANGED, immutable_message(obj, &fields)),
-                        changes,
-                        figures,
-                        record: None,
-                    });
-                }
-                Step::Rejected(msg) => {
-                    return Ok(Outcome {
-                        action: Action::Unchanged,
-                        readiness: Readiness::not(reason::JETSTREAM_REJECTED, format!("stream {}: {msg}", want.name)),
-                        changes,
-                        figures,
-                        record: None,
-                    });
-                }
                 // The object's own stream (index 1: store or inbox) decides "created".
                 Step::Created if i == 1 => created = true,
                 Step::Created | Step::Updated => updated = true,
-                Step::Unchanged => {}
+                Step::Unchanged | Step::Immutable | Step::Rejected(_) => {}
             }
             if i == 1
                 && let Some(s) = r.state
@@ -435,32 +419,13 @@ impl Reconciler {
             }
             let (step, ch, info) = self.ensure_consumer(&stream, want, mode).await?;
             changes.extend(ch);
+            if let Some(o) = stopped(&step, obj, &format!("consumer {}", rec.consumer), &changes, &figures) {
+                return Ok(o);
+            }
             match step {
-                Step::Immutable => {
-                    let fields: Vec<String> = changes.iter().filter(|c| c.immutable).map(|c| c.to_string()).collect();
-                    return Ok(Outcome {
-                        action: Action::Unchanged,
-                        readiness: Readiness::not(reason::IMMUTABLE_FIELD_CHANGED, immutable_message(obj, &fields)),
-                        changes,
-                        figures,
-                        record: None,
-                    });
-                }
-                Step::Rejected(msg) => {
-                    return Ok(Outcome {
-                        action: Action::Unchanged,
-                        readiness: Readiness::not(
-                            reason::JETSTREAM_REJECTED,
-                            format!("consumer {}: {msg}", rec.consumer),
-                        ),
-                        changes,
-                        figures,
-                        record: None,
-                    });
-                }
                 Step::Created => created = true,
                 Step::Updated => updated = true,
-                Step::Unchanged => {}
+                Step::Unchanged | Step::Immutable | Step::Rejected(_) => {}
             }
             if let Some(info) = info {
                 figures.num_pending = Some(info.num_pending);
@@ -793,6 +758,26 @@ impl Reconciler {
 
 fn join(errs: &[FieldError]) -> String {
     errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// The outcome when a step leaves the object untouched (an immutable change, or JetStream
+/// refusing the config); `None` when the reconcile goes on.
+fn stopped(step: &Step, obj: &Object, what: &str, changes: &[Change], figures: &Figures) -> Option<Outcome> {
+    let readiness = match step {
+        Step::Immutable => {
+            let fields: Vec<String> = changes.iter().filter(|c| c.immutable).map(ToString::to_string).collect();
+            Readiness::not(reason::IMMUTABLE_FIELD_CHANGED, immutable_message(obj, &fields))
+        }
+        Step::Rejected(msg) => Readiness::not(reason::JETSTREAM_REJECTED, format!("{what}: {msg}")),
+        Step::Created | Step::Updated | Step::Unchanged => return None,
+    };
+    Some(Outcome {
+        action: Action::Unchanged,
+        readiness,
+        changes: changes.to_vec(),
+        figures: figures.clone(),
+        record: None,
+    })
 }
 
 fn not_ready(reason: &'static str, message: String) -> Outcome {
