@@ -54,6 +54,12 @@ pub struct DevArgs {
     pub resync: quantity::Duration,
 }
 
+/// Prints a line; a closed stdout (the terminal went away) must not stop the environment.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -324,14 +330,14 @@ pub async fn run(a: DevArgs) -> ExitCode {
                             LineResult::Applied(o) => o.action != Action::Unchanged || !o.readiness.ready,
                             _ => true,
                         };
-                        if changed { println!("resync: {l}"); }
+                        if changed { say(&format!("resync: {l}")); }
                     }
                 }
             }
         }
     }
-    println!("stopping…");
+    say("stopping…");
     stop_all(procs).await;
-    println!("stopped; data kept in {}", a.data.display());
+    say(&format!("stopped; data kept in {}", a.data.display()));
     ExitCode::SUCCESS
 }

@@ -77,15 +77,37 @@ async fn dev_runs_resyncs_stops_cleanly_and_keeps_data() {
     let (nats, monitor) = (free_port(), free_port());
     let mut dev = Dev::start(&data, nats, monitor);
     dev.wait_for("Causeway dev is up", Duration::from_secs(60));
+    dev.wait_for("Try:", Duration::from_secs(10));
     let applied = dev.seen.join("\n");
     assert!(applied.contains("EventStore shop/orders created"), "{applied}");
     assert!(applied.contains("Listener shop/reserve-stock created"), "{applied}");
     let conf = std::fs::read_to_string(data.path().join("nats.conf")).unwrap();
     assert!(conf.contains("sync_interval: always"), "{conf}");
 
+    // One sidecar per Node, each serving on the port it printed.
+    let sidecars: Vec<String> = dev
+        .seen
+        .iter()
+        .filter(|l| l.trim_start().starts_with("sidecar shop/"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_owned))
+        .collect();
+    assert_eq!(sidecars.len(), 3, "{:?}", dev.seen);
+    let http = reqwest::Client::new();
+    causeway_tests::eventually(Duration::from_secs(20), "the orders sidecar is ready", || {
+        let (http, url) = (http.clone(), format!("{}/readyz", sidecars[0]));
+        async move { http.get(url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await;
+    let r = http
+        .post(format!("{}/v1/stores/orders/subjects/order-1/events", sidecars[0]))
+        .json(&serde_json::json!({"type": "order-placed", "payload": {"orderId": "1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+
     let url = format!("nats://127.0.0.1:{nats}");
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
-    js.publish("cw.shop.es.orders.order-1", "x".into()).await.unwrap().await.unwrap();
     // Drift: a stream deleted behind Causeway's back comes back with the next resync.
     js.delete_stream("CW_ES_shop_dead-letters").await.unwrap();
     dev.wait_for("resync: EventStore shop/dead-letters created", Duration::from_secs(15));
