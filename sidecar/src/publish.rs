@@ -84,8 +84,13 @@ fn headers(out: &Outgoing) -> HeaderMap {
 async fn request(state: &State, subject: &str, h: HeaderMap, payload: Bytes) -> Result<PubAck> {
     let req = Request::new().headers(h).payload(payload).timeout(Some(ACK_TIMEOUT));
     let msg = state.client.send_request(subject.to_owned(), req).await.map_err(|e| match e.kind() {
+        // Only a stream's leader listens on its subjects, so a clustered stream that is electing
+        // a new leader (after losing a node) has no responders for a few seconds, just like a
+        // stream that does not exist.
         RequestErrorKind::NoResponders => Error::Unavailable(format!(
-            "no stream captures {subject}: check that the EventStore or Node is reconciled (causeway apply)"
+            "no stream answered for {subject}: either no stream captures it (check that the EventStore or Node is \
+             reconciled: causeway apply), or its stream is electing a leader after losing a NATS node (retry in a few \
+             seconds with the same event id)"
         )),
         RequestErrorKind::TimedOut => Error::Timeout(format!("JetStream did not acknowledge {subject} in time")),
         RequestErrorKind::MaxPayloadExceeded => {
