@@ -117,7 +117,8 @@ pub async fn load(state: &State, store: &str, pattern: &str, query: Option<&str>
                 deliver_policy: if after == 0 {
                     DeliverPolicy::All
                 } else {
-                    DeliverPolicy::ByStartSequence { start_sequence: after + 1 }
+                    // Saturating: after=u64::MAX has nothing after it (a plain +1 panicked or wrapped to 0).
+                DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
                 },
                 filter_subject: filter.clone(),
                 ack_policy: AckPolicy::None,

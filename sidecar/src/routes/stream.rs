@@ -91,7 +91,8 @@ pub async fn live(state: &Arc<State>, store: &str, req: Request<Incoming>) -> Re
             deliver_policy: if after == 0 {
                 DeliverPolicy::All
             } else {
-                DeliverPolicy::ByStartSequence { start_sequence: after + 1 }
+                // Saturating: after=u64::MAX has nothing after it (a plain +1 panicked or wrapped to 0).
+                DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
             },
             ..Default::default()
         })
