@@ -19,6 +19,9 @@ use crate::{
 pub const MAX_FETCH: u64 = 1000;
 /// Longest a fetch waits for events.
 pub const MAX_WAIT_MS: u64 = 30_000;
+/// How long past `waitMs` a fetch waits for JetStream to end the pull before answering with
+/// what it has.
+const FETCH_GRACE: Duration = Duration::from_secs(1);
 
 /// This node's listeners, with their consumers' figures.
 pub async fn list(state: &State) -> Result<Resp> {
@@ -92,7 +95,11 @@ pub async fn fetch(state: &State, name: &str, query: Option<&str>) -> Result<Res
             .map_err(|e| unavailable(&e))?
     };
     let mut events = Vec::new();
-    while let Some(m) = msgs.next().await {
+    // JetStream can leave a pull unanswered (a no-wait fetch for more events than the consumer's
+    // max_ack_pending lets out got neither events nor "no messages"), and a no-wait pull has no
+    // client-side timer, so without a deadline the request hung until the client gave up.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms) + FETCH_GRACE;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, msgs.next()).await {
         let m = match m {
             Ok(m) => m,
             Err(e) => {
