@@ -118,7 +118,7 @@ pub async fn load(state: &State, store: &str, pattern: &str, query: Option<&str>
                     DeliverPolicy::All
                 } else {
                     // Saturating: after=u64::MAX has nothing after it (a plain +1 panicked or wrapped to 0).
-                DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
+                    DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
                 },
                 filter_subject: filter.clone(),
                 ack_policy: AckPolicy::None,
