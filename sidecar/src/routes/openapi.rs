@@ -38,12 +38,24 @@ fn query(name: &str, desc: &str, schema: Value) -> Value {
     json!({"name": name, "in": "query", "required": false, "description": desc, "schema": schema})
 }
 
-fn header(name: &str, desc: &str) -> Value {
-    json!({"name": name, "in": "header", "required": false, "description": desc, "schema": {"type": "string"}})
+fn header_schema(name: &str, desc: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "header", "required": false, "description": desc, "schema": schema})
 }
 
+/// An entity tag holding a number, as `parse_etag` reads it: `"42"`, `W/"42"` or `42`.
+const ETAG_PATTERN: &str = r#"^(W/)?("[0-9]{1,19}"|[0-9]{1,19})$"#;
+/// A KV key: parts of `[-/_=A-Za-z0-9]` joined by single dots (keys starting with `_cw` are
+/// reserved, which the pattern does not say).
+const KEY_PATTERN: &str = r"^[-/_=A-Za-z0-9]+(\.[-/_=A-Za-z0-9]+)*$";
+/// A causation or correlation id in a header: printable ASCII without spaces.
+const CAUSAL_HEADER_PATTERN: &str = "^[!-~]{1,128}$";
+/// An event id the client chooses.
+const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+
 fn build() -> Value {
-    let uint = json!({"type": "integer", "minimum": 0});
+    let uint = json!({"type": "integer", "minimum": 0, "maximum": u64::MAX});
+    let etag = json!({"type": "string", "pattern": ETAG_PATTERN});
+    let causal = json!({"type": "string", "pattern": CAUSAL_HEADER_PATTERN});
     let event_body = json!({
         "required": true,
         "content": {
@@ -61,7 +73,8 @@ fn build() -> Value {
     );
     let store = path_param("store", "EventStore name", Some(causeway_api::names::DNS_LABEL_PATTERN));
     let kv_ops = |scope: &str| {
-        let key = path_param("key", "Key: letters, digits and - / _ = . (no empty part between dots)", None);
+        let key =
+            path_param("key", "Key: letters, digits and - / _ = . (no empty part between dots)", Some(KEY_PATTERN));
         json!({
             "parameters": [key],
             "get": {
@@ -74,8 +87,8 @@ fn build() -> Value {
             },
             "put": {
                 "summary": format!("Write a key of the {scope} bucket"),
-                "parameters": [header("If-Match", "Compare-and-set: the revision (ETag) you read"),
-                               header("If-None-Match", "* to create only")],
+                "parameters": [header_schema("If-Match", "Compare-and-set: the revision (ETag) you read", etag.clone()),
+                               header_schema("If-None-Match", "* to create only", json!({"type": "string", "enum": ["*"]}))],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {}}}},
                 "responses": {
                     "200": ok_json("Written", json!({"$ref": "#/components/schemas/KvWrite"})),
@@ -86,7 +99,7 @@ fn build() -> Value {
             },
             "delete": {
                 "summary": format!("Delete a key of the {scope} bucket"),
-                "parameters": [header("If-Match", "Delete only at this revision")],
+                "parameters": [header_schema("If-Match", "Delete only at this revision", etag.clone())],
                 "responses": {"204": {"description": "Deleted"}, "400": err("Invalid key or header"), "412": err("Precondition failed")}
             }
         })
@@ -104,8 +117,8 @@ fn build() -> Value {
                 "post": {
                     "summary": "Send one event, or an all-or-nothing batch, to a node's inbox",
                     "parameters": [path_param("node", "Node name, or namespace.name", None),
-                                   header("Cw-Causation-Id", "The event that caused this one"),
-                                   header("Cw-Correlation-Id", "The conversation")],
+                                   header_schema("Cw-Causation-Id", "The event that caused this one", causal.clone()),
+                                   header_schema("Cw-Correlation-Id", "The conversation", causal.clone())],
                     "requestBody": event_body,
                     "responses": {"202": accepted, "400": err("Invalid event"), "404": err("Unknown node"),
                                   "409": err("Batch ids already stored"), "413": err("Too large"), "415": err("Wrong content type"),
@@ -120,19 +133,21 @@ fn build() -> Value {
                 }
             },
             "/v1/stores/{store}/subjects/{subject}/events": {
-                "parameters": [store, path_param("subject", "Subject; for load also a pattern with * and a final >", None)],
+                "parameters": [store],
                 "post": {
                     "summary": "Append one event (or an all-or-nothing batch) to a subject, optionally at an expected sequence",
-                    "parameters": [query("expectedSequence", "The subject's last sequence you expect (0: empty)", uint.clone()),
-                                   header("If-Match", "\"<seq>\": same as expectedSequence"),
-                                   header("Cw-Causation-Id", "The event that caused this one")],
+                    "parameters": [path_param("subject", "Subject", Some(causeway_api::names::TOKEN_PATH_PATTERN)),
+                                   query("expectedSequence", "The subject's last sequence you expect (0: empty)", uint.clone()),
+                                   header_schema("If-Match", "\"<seq>\": same as expectedSequence", etag.clone()),
+                                   header_schema("Cw-Causation-Id", "The event that caused this one", causal.clone())],
                     "requestBody": event_body,
                     "responses": {"202": accepted, "400": err("Invalid event or subject"), "404": err("Unknown store"),
                                   "409": err("sequence_conflict, with lastSequence"), "413": err("Too large"), "415": err("Wrong content type")}
                 },
                 "get": {
                     "summary": "Load the events of a subject or pattern",
-                    "parameters": [query("after", "Only events after this sequence", uint.clone()),
+                    "parameters": [path_param("subject", "Subject, or a pattern with * tokens and a final >", Some(causeway_api::names::SUBJECT_PATTERN_PATTERN)),
+                                   query("after", "Only events after this sequence", uint.clone()),
                                    query("upTo", "Only events up to this sequence", uint.clone()),
                                    query("limit", "At most this many events (default 1000, at most 10000)", json!({"type": "integer", "minimum": 1, "maximum": 10000}))],
                     "responses": {"200": ok_json("Events in order", json!({"$ref": "#/components/schemas/Load"})),
@@ -143,10 +158,10 @@ fn build() -> Value {
                 "get": {
                     "summary": "Live stream: stored events after `after`, a caughtUp marker, then new events (SSE or NDJSON by Accept)",
                     "parameters": [store,
-                                   query("subject", "Subject pattern (default >)", json!({"type": "string"})),
+                                   query("subject", "Subject pattern (default >)", json!({"type": "string", "pattern": causeway_api::names::SUBJECT_PATTERN_PATTERN})),
                                    query("after", "Start after this sequence", uint.clone()),
                                    query("follow", "Keep following after caughtUp (default true)", json!({"type": "boolean"})),
-                                   header("Last-Event-ID", "Resume after this sequence (SSE reconnect)")],
+                                   header_schema("Last-Event-ID", "Resume after this sequence (SSE reconnect)", json!({"type": "string", "pattern": "^[0-9]{1,19}$"}))],
                     "responses": {
                         "200": {"description": "text/event-stream: `id: <sequence>` and `data: <event>`; `event: caughtUp`. application/x-ndjson: one event per line, then {\"caughtUp\":true}.",
                                 "content": {"text/event-stream": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}},
@@ -196,12 +211,15 @@ fn build() -> Value {
             "EventInput": {"type": "object", "required": ["type"], "additionalProperties": false, "properties": {
                 "type": {"type": "string", "pattern": causeway_api::names::TOKEN_PATH_PATTERN, "maxLength": 256},
                 "payload": {},
-                "id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
-                "causationId": {"type": "string"}, "correlationId": {"type": "string"},
+                "id": {"type": "string", "pattern": ID_PATTERN},
+                "causationId": {"type": "string", "minLength": 1, "maxLength": 128},
+                "correlationId": {"type": "string", "minLength": 1, "maxLength": 128},
                 "extensions": {"type": "object"}}},
             "CloudEvent": {"type": "object", "required": ["specversion", "id", "type"], "properties": {
-                "specversion": {"type": "string", "enum": ["1.0"]}, "id": {"type": "string"}, "type": {"type": "string"},
-                "source": {"type": "string"}, "subject": {"type": "string"}, "time": {"type": "string"}, "data": {}}},
+                "specversion": {"type": "string", "enum": ["1.0"]}, "id": {"type": "string", "pattern": ID_PATTERN},
+                "type": {"type": "string", "pattern": causeway_api::names::TOKEN_PATH_PATTERN, "maxLength": 256},
+                "source": {"type": "string"}, "subject": {"type": "string"},
+                "time": {"type": "string", "format": "date-time"}, "data": {}}},
             "Ack": {"type": "object", "required": ["id", "sequence", "duplicate"], "properties": {
                 "id": {"type": "string"}, "sequence": {"type": "integer"}, "duplicate": {"type": "boolean"}}},
             "Event": {"type": "object", "properties": {
