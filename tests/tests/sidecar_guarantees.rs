@@ -269,7 +269,6 @@ async fn nats_server_crash_loses_nothing_acknowledged_and_the_sidecar_recovers_b
     })
     .await;
     app.open();
-    assert!(app.answered().is_empty(), "nothing was answered before the restart");
     let (s, a, before) = during.await.unwrap();
     assert_eq!(s, 202, "the outage append lands once NATS is back: {a}");
     assert!(before.iter().all(|s| matches!(s, 0 | 503 | 504)), "an outage is a 503/504, never {before:?}");
