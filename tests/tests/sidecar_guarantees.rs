@@ -504,11 +504,11 @@ spec: {inbox: {replicas: 3}}
     for n in 0..20 {
         retried += append_r3(&c, &url, &format!("no-follower-{n}"), &mut acked).await;
     }
-    assert_exactly(&load_retrying(&c, &sc, "ledger", "account-7").await, &acked, 1);
-
-    // Bring it back, then lose the stream leader itself.
+    // Bring it back at once (its ports are free only until another process takes them), check
+    // the appends made without it, then lose the stream leader itself.
     cluster.nodes[follower].restart();
     cluster.nodes[follower].wait_healthy(Duration::from_secs(30));
+    assert_exactly(&load_retrying(&c, &sc, "ledger", "account-7").await, &acked, 1);
     let watcher = cluster.nodes[(li + 2) % 3].client().await;
     eventually(Duration::from_secs(30), "all three replicas current again", || {
         let js = jetstream::new(watcher.clone());
