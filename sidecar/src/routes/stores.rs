@@ -107,77 +107,46 @@ pub async fn load(state: &State, store: &str, pattern: &str, query: Option<&str>
     let stream =
         state.js.get_stream_no_info(&record.stream).await.map_err(|e| stream_unavailable(&record.stream, e))?;
 
-    let mut events: Vec<Vec<u8>> = Vec::new();
-    let mut last_seq = None;
-    let mut more = false;
-    let mut bytes = 0usize;
-    if up_to.is_none_or(|u| u > after) {
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                deliver_policy: if after == 0 {
-                    DeliverPolicy::All
-                } else {
-                    // Saturating: after=u64::MAX has nothing after it (a plain +1 panicked or wrapped to 0).
-                    DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
-                },
-                filter_subject: filter.clone(),
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| stream_unavailable(&record.stream, e))?;
-        let name = consumer.cached_info().name.clone();
-        let pending = consumer.cached_info().num_pending;
-        if pending > 0 {
-            let batch = pending.min(limit + 1).min(256) as usize;
-            let mut msgs = consumer
-                .stream()
-                .max_messages_per_batch(batch)
-                .messages()
-                .await
-                .map_err(|e| Error::Unavailable(format!("load from {}: {e}", record.stream)))?;
-            loop {
-                let next = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await;
-                let m = match next {
-                    Ok(Some(Ok(m))) => m,
-                    Ok(Some(Err(e))) => return Err(Error::Unavailable(format!("load from {}: {e}", record.stream))),
-                    Ok(None) => break,
-                    Err(_) => return Err(Error::Timeout(format!("load from {} stalled", record.stream))),
-                };
-                let info = m.info().map_err(|e| Error::Unavailable(e.to_string()))?;
-                let (seq, left) = (info.stream_sequence, info.pending);
-                if up_to.is_some_and(|u| seq > u) {
-                    break;
-                }
-                if events.len() as u64 >= limit || bytes >= state.config.max_load_bytes {
-                    more = true;
-                    break;
-                }
-                let (_, v) = decode_stored(state, &m.payload, &record.stream, seq).await?;
-                bytes += v.len();
-                events.push(v);
-                last_seq = Some(seq);
-                if left == 0 {
-                    break;
-                }
-            }
+    // Where the matching events end, as the stream's leader says before we read. A load reads
+    // through an ephemeral consumer, which JetStream may place on a replica that is still catching
+    // up (a node that has just restarted); such a read ends early, and answering it would hide
+    // acknowledged events. Reading again finds them (or the answer is a 503 to retry).
+    let leader_last = match stream.get_last_raw_message_by_subject(&filter).await {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => return Err(Error::Unavailable(format!("{}: {e}", record.stream))),
+    };
+    let mut attempt = 0;
+    let read = loop {
+        let read = if up_to.is_none_or(|u| u > after) {
+            read_events(state, &stream, &record.stream, &filter, after, up_to, limit).await?
+        } else {
+            Read::default()
+        };
+        if read.more
+            || read.past_up_to
+            || read.last.unwrap_or(after) >= leader_last
+            || up_to.is_some_and(|u| u <= after)
+        {
+            break read;
         }
-        let js = state.js.clone();
-        let stream_name = record.stream.clone();
-        tokio::spawn(async move {
-            let _ = js.delete_consumer_from_stream(&name, &stream_name).await;
-        });
-    }
+        attempt += 1;
+        if attempt >= LOAD_ATTEMPTS {
+            return Err(Error::Unavailable(format!(
+                "the replica of {} that served this load is behind its leader (a NATS node is catching up); load again",
+                record.stream
+            )));
+        }
+        tracing::debug!(stream = %record.stream, leader_last, seen = ?read.last, "load read a lagging replica; reading again");
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+    };
+    let Read { events, last: last_seq, more, bytes, .. } = read;
     let last_sequence = match last_seq {
         Some(s) => s,
         // Nothing after `after`: for one subject, say where it stands so an append can use it.
-        None if !is_wildcard(pattern) => match stream.get_last_raw_message_by_subject(&filter).await {
-            Ok(m) if up_to.is_none_or(|u| m.sequence <= u) => m.sequence,
-            Ok(_) => after,
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
-            Err(e) => return Err(Error::Unavailable(format!("{}: {e}", record.stream))),
+        None if !is_wildcard(pattern) => match up_to {
+            Some(u) if leader_last > u => after,
+            _ => leader_last,
         },
         None => after,
     };
@@ -195,6 +164,101 @@ pub async fn load(state: &State, store: &str, pattern: &str, query: Option<&str>
         r.headers_mut().insert(header::ETAG, etag(last_sequence));
     }
     Ok(r)
+}
+
+/// Reads of one load before it answers 503 because the replica it reads stays behind.
+const LOAD_ATTEMPTS: u64 = 4;
+
+/// What one read of a load found.
+#[derive(Default)]
+struct Read {
+    /// The events as the app sees them (JSON).
+    events: Vec<Vec<u8>>,
+    /// Sequence of the last one.
+    last: Option<u64>,
+    /// Cut by `limit` or the byte budget.
+    more: bool,
+    /// Bytes of JSON.
+    bytes: usize,
+    /// An event past `upTo` was seen (so the replica was not behind up to there).
+    past_up_to: bool,
+}
+
+/// Reads the events matching `filter` after `after` (up to `up_to`) through an ephemeral consumer.
+async fn read_events(
+    state: &State,
+    stream: &jetstream::stream::Stream<()>,
+    stream_name: &str,
+    filter: &str,
+    after: u64,
+    up_to: Option<u64>,
+    limit: u64,
+) -> Result<Read> {
+    let mut read = Read::default();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: if after == 0 {
+                DeliverPolicy::All
+            } else {
+                // Saturating: after=u64::MAX has nothing after it (a plain +1 panicked or wrapped to 0).
+                DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
+            },
+            filter_subject: filter.to_owned(),
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| stream_unavailable(stream_name, e))?;
+    let name = consumer.cached_info().name.clone();
+    let pending = consumer.cached_info().num_pending;
+    let result = async {
+        if pending == 0 {
+            return Ok(());
+        }
+        let batch = pending.min(limit + 1).min(256) as usize;
+        let mut msgs = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .messages()
+            .await
+            .map_err(|e| Error::Unavailable(format!("load from {stream_name}: {e}")))?;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await;
+            let m = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(Error::Unavailable(format!("load from {stream_name}: {e}"))),
+                Ok(None) => break,
+                Err(_) => return Err(Error::Timeout(format!("load from {stream_name} stalled"))),
+            };
+            let info = m.info().map_err(|e| Error::Unavailable(e.to_string()))?;
+            let (seq, left) = (info.stream_sequence, info.pending);
+            if up_to.is_some_and(|u| seq > u) {
+                read.past_up_to = true;
+                break;
+            }
+            if read.events.len() as u64 >= limit || read.bytes >= state.config.max_load_bytes {
+                read.more = true;
+                break;
+            }
+            let (_, v) = decode_stored(state, &m.payload, stream_name, seq).await?;
+            read.bytes += v.len();
+            read.events.push(v);
+            read.last = Some(seq);
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let js = state.js.clone();
+    let stream_name = stream_name.to_owned();
+    tokio::spawn(async move {
+        let _ = js.delete_consumer_from_stream(&name, &stream_name).await;
+    });
+    result.map(|()| read)
 }
 
 fn stream_unavailable(stream: &str, e: impl std::fmt::Display) -> Error {
