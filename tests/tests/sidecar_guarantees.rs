@@ -501,14 +501,17 @@ spec: {inbox: {replicas: 3}}
     let li = index_of(&cluster, &leader);
     let follower = (li + 1) % 3;
     cluster.nodes[follower].kill();
-    for n in 0..20 {
+    for n in 0..100 {
         retried += append_r3(&c, &url, &format!("no-follower-{n}"), &mut acked).await;
     }
     // Bring it back at once (its ports are free only until another process takes them), check
     // the appends made without it, then lose the stream leader itself.
     cluster.nodes[follower].restart();
     cluster.nodes[follower].wait_healthy(Duration::from_secs(30));
-    assert_exactly(&load_retrying(&c, &sc, "ledger", "account-7").await, &acked, 1);
+    // Loads right away may be served by the replica that is still catching up: never stale.
+    for _ in 0..5 {
+        assert_exactly(&load_retrying(&c, &sc, "ledger", "account-7").await, &acked, 1);
+    }
     let watcher = cluster.nodes[(li + 2) % 3].client().await;
     eventually(Duration::from_secs(30), "all three replicas current again", || {
         let js = jetstream::new(watcher.clone());
@@ -528,9 +531,13 @@ spec: {inbox: {replicas: 3}}
     }
     let events = load_retrying(&c, &sc, "ledger", "account-7").await;
     assert_exactly(&events, &acked, 1);
-    eprintln!("r3: {} appends acknowledged, {retried} retries across two node losses", acked.len());
+    let lagging = sc.logs().matches("lagging replica").count();
+    eprintln!(
+        "r3: {} appends acknowledged, {retried} retries, {lagging} loads read again off a lagging replica",
+        acked.len()
+    );
     let (s, f) = get(&c, &sc.at("/v1/stores/ledger")).await;
-    assert_eq!((s, &f["lastSequence"]), (200, &json!(60)), "{f}");
+    assert_eq!((s, &f["lastSequence"]), (200, &json!(140)), "{f}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
