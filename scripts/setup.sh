@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what Causeway needs on this machine, into the project-local .tools/ directory.
 #   scripts/setup.sh          nats-server (>= 2.11) for `causeway dev`
-#   scripts/setup.sh --test   also the test peers: nats-py, msgpack, kubernetes-validate, kmock, cloudevents
+#   scripts/setup.sh --test   also the test peers: nats-py, msgpack, kubernetes-validate, kmock, cloudevents, schemathesis
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NATS_SERVER_VERSION=2.15.1
-TEST_PACKAGES=(nats-py==2.11.0 msgpack==1.1.1 kubernetes-validate==1.37.0 kmock==0.8 pyyaml cloudevents==1.12.0)
+TEST_PACKAGES=(nats-py==2.11.0 msgpack==1.1.1 kubernetes-validate==1.37.0 kmock==0.8 pyyaml cloudevents==1.12.0 schemathesis==4.32.5)
 
 python=${PYTHON:-python3}
 venv=.tools
