@@ -25,9 +25,14 @@ pub struct ApplyArgs {
     /// kept or deleted as their deletionPolicy says).
     #[arg(long)]
     pub prune: bool,
-    /// Replicas of the registry and global buckets when they are first created.
-    #[arg(long, default_value_t = 1, value_parser = replicas)]
-    pub registry_replicas: usize,
+    /// Replicas of the shared buckets (registry, global KV, blob store) when they are first
+    /// created: 1, 3 or 5. Default: 3 on a cluster of three or more servers, else 1.
+    #[arg(long, value_parser = replicas)]
+    pub registry_replicas: Option<usize>,
+    /// How long to wait for JetStream to become available (e.g. while a new cluster elects its
+    /// meta leader) before giving up.
+    #[arg(long, default_value = "30s")]
+    pub wait: causeway_api::quantity::Duration,
     #[command(flatten)]
     pub nats: NatsArgs,
 }
@@ -55,7 +60,12 @@ pub async fn run(a: ApplyArgs) -> ExitCode {
             return ExitCode::from(EXIT_NOT_READY);
         }
     };
-    let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY).with_registry_replicas(a.registry_replicas);
+    if let Err(e) = wait_for_jetstream(&client, a.wait.get()).await {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_NOT_READY);
+    }
+    let replicas = a.registry_replicas.unwrap_or_else(|| default_shared_replicas(&client.server_info()));
+    let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY).with_registry_replicas(replicas);
     let report = match local::apply(&reconciler, &objects, Options { dry_run: a.dry_run, prune: a.prune }).await {
         Ok(r) => r,
         Err(e) => {
@@ -74,5 +84,34 @@ fn replicas(s: &str) -> Result<usize, String> {
     match s {
         "1" | "3" | "5" => Ok(s.parse().unwrap_or(1)),
         _ => Err("replicas must be 1, 3 or 5".into()),
+    }
+}
+
+/// 3 on a cluster of three or more servers (so losing one keeps the registry), else 1.
+fn default_shared_replicas(info: &async_nats::ServerInfo) -> usize {
+    if info.cluster.is_some() && info.connect_urls.len() >= 3 { 3 } else { 1 }
+}
+
+/// Waits until JetStream answers account info: a fresh cluster has no meta leader for a while.
+async fn wait_for_jetstream(client: &async_nats::Client, within: std::time::Duration) -> Result<(), String> {
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    let mut said = false;
+    loop {
+        let err = match js.query_account().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "JetStream is not available after {}: {err} (is the server started with JetStream enabled, -js?)",
+                causeway_api::quantity::Duration::from(within)
+            ));
+        }
+        if !said {
+            eprintln!("waiting for JetStream ({err})…");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

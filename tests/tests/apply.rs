@@ -377,19 +377,22 @@ async fn r3_store_on_a_three_node_cluster() {
     let dir = TempDir::new("cw-apply");
     let f = write_file(&dir, "r3.yaml", &STORE.replace("spec:\n", "spec:\n  replicas: 3\n"));
     let url = cluster.urls();
-    let mut last = None;
-    for _ in 0..40 {
-        let r = causeway(&["apply", "--nats", &url, "--registry-replicas", "3", "-f", &f]);
-        if r.code == 0 {
-            last = Some(r);
-            break;
-        }
-        last = Some(r);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let r = last.unwrap();
+    // Right after start the cluster has no meta leader yet: apply waits for JetStream, and
+    // picks 3 replicas for the shared buckets on its own.
+    let r = causeway(&["apply", "--nats", &url, "-f", &f]);
     assert_eq!(r.code, 0, "{r:?}");
     let js = jetstream::new(cluster.client().await);
     assert_eq!(stream_info(&js, "CW_ES_bank_ledger").await.config.num_replicas, 3);
     assert_eq!(stream_info(&js, "KV_CW_REGISTRY").await.config.num_replicas, 3);
+    assert_eq!(stream_info(&js, "KV_CW_GL_bank").await.config.num_replicas, 3);
+}
+
+#[test]
+fn unreachable_nats_fails_with_the_url_in_the_message() {
+    let port = causeway_tests::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let r = causeway(&["apply", "--nats", &url, "-f", &examples()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains(&format!("cannot connect to NATS at {url}")), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
 }
