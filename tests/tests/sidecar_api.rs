@@ -12,23 +12,10 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use support::*;
 
-const MANIFESTS: &str = r#"
-apiVersion: causeway.dev/v1alpha1
-kind: EventStore
-metadata: {name: orders, namespace: shop}
-spec: {}
----
-apiVersion: causeway.dev/v1alpha1
-kind: Node
-metadata: {name: web, namespace: shop}
-spec: {}
----
-apiVersion: causeway.dev/v1alpha1
-kind: Node
-metadata: {name: inventory, namespace: shop}
-spec: {}
----
-apiVersion: causeway.dev/v1alpha1
+fn manifests() -> String {
+    format!(
+        "{SHOP}---\n{}",
+        r#"apiVersion: causeway.dev/v1alpha1
 kind: Listener
 metadata: {name: history, namespace: shop}
 spec:
@@ -44,11 +31,13 @@ spec:
   node: web
   source: {inbox: web}
   delivery: {mode: push}
-"#;
+"#
+    )
+}
 
 async fn setup(env: &[(&str, &str)]) -> (NatsServer, Sidecar) {
     let server = NatsServer::start();
-    apply(&server, MANIFESTS).await;
+    apply(&server, &manifests()).await;
     let sc = Sidecar::start(&server, "shop", "web", env).await;
     (server, sc)
 }
@@ -523,7 +512,7 @@ async fn health_readiness_metrics_openapi_and_token() {
 #[tokio::test]
 async fn large_payloads_go_through_the_blob_store() {
     let server = NatsServer::start_with_max_payload(64 * 1024);
-    apply(&server, MANIFESTS).await;
+    apply(&server, &manifests()).await;
     let sc = Sidecar::start(&server, "shop", "web", &[]).await;
     let c = http();
     let big = "z".repeat(300 * 1024);

@@ -29,23 +29,10 @@ use tokio::{
     net::TcpStream,
 };
 
-const MANIFESTS: &str = r#"
-apiVersion: causeway.dev/v1alpha1
-kind: EventStore
-metadata: {name: orders, namespace: shop}
-spec: {}
----
-apiVersion: causeway.dev/v1alpha1
-kind: Node
-metadata: {name: web, namespace: shop}
-spec: {}
----
-apiVersion: causeway.dev/v1alpha1
-kind: Node
-metadata: {name: inventory, namespace: shop}
-spec: {}
----
-apiVersion: causeway.dev/v1alpha1
+fn manifests() -> String {
+    format!(
+        "{SHOP}---\n{}",
+        r#"apiVersion: causeway.dev/v1alpha1
 kind: Listener
 metadata: {name: history, namespace: shop}
 spec:
@@ -70,7 +57,9 @@ spec:
   node: web
   source: {inbox: web}
   delivery: {mode: push}
-"#;
+"#
+    )
+}
 
 /// Request bodies above this get 413; the fuzzer sends a few.
 const MAX_BODY: usize = 64 * 1024;
@@ -85,7 +74,7 @@ fn seed() -> u64 {
 
 async fn setup() -> (NatsServer, Sidecar) {
     let server = NatsServer::start();
-    apply(&server, MANIFESTS).await;
+    apply(&server, &manifests()).await;
     let max_body = MAX_BODY.to_string();
     let sc = Sidecar::start(&server, "shop", "web", &[("CAUSEWAY_MAX_BODY", &max_body)]).await;
     (server, sc)

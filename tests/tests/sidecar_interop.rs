@@ -18,26 +18,7 @@ fn python() -> std::path::PathBuf {
 #[tokio::test]
 async fn python_decodes_every_envelope_field() {
     let server = NatsServer::start();
-    apply(
-        &server,
-        r#"
-apiVersion: causeway.dev/v1alpha1
-kind: EventStore
-metadata: {name: orders, namespace: shop}
-spec: {}
----
-apiVersion: causeway.dev/v1alpha1
-kind: Node
-metadata: {name: web, namespace: shop}
-spec: {}
----
-apiVersion: causeway.dev/v1alpha1
-kind: Node
-metadata: {name: inventory, namespace: shop}
-spec: {}
-"#,
-    )
-    .await;
+    apply(&server, SHOP).await;
     let sc = Sidecar::start(&server, "shop", "web", &[]).await;
     let c = http();
     let (s, _) = post(

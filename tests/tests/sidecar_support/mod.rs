@@ -19,6 +19,24 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+/// The shop the sidecar tests share: store `orders`, nodes `web` and `inventory`. Tests append
+/// their listeners with `concat!(SHOP, "---\n...")` or `format!`.
+pub const SHOP: &str = r#"apiVersion: causeway.dev/v1alpha1
+kind: EventStore
+metadata: {name: orders, namespace: shop}
+spec: {}
+---
+apiVersion: causeway.dev/v1alpha1
+kind: Node
+metadata: {name: web, namespace: shop}
+spec: {}
+---
+apiVersion: causeway.dev/v1alpha1
+kind: Node
+metadata: {name: inventory, namespace: shop}
+spec: {}
+"#;
+
 /// Applies manifests through the same reconcile core as `causeway apply`.
 pub async fn apply(server: &NatsServer, yaml: &str) {
     let client = server.client().await;
