@@ -1,5 +1,6 @@
 //! `causeway-operator`: the reconcile core (spec → JetStream, idempotent, drift-correcting),
-//! the local manifest driver behind `causeway apply` and `causeway dev`, and the Kubernetes glue.
+//! and the local manifest driver behind `causeway apply` and `causeway dev`. The Kubernetes
+//! controllers and the webhook will call the same core.
 #![forbid(unsafe_code)]
 
 pub mod crdgen;
