@@ -80,6 +80,22 @@ async fn post_seq(c: &Http, url: &str, body: Bytes, if_match: Option<u64>) -> (u
     (status, seq)
 }
 
+/// `CONCURRENCY` clients each sending `PER_TASK` events through the sidecar.
+async fn sidecar_round(http: &Arc<Http>, url: &str, body: &Bytes) {
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (http, url, body) = (http.clone(), url.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..PER_TASK {
+                assert_eq!(post(&http, &url, body.clone(), None).await, 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
     v.sort();
     v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6
@@ -209,18 +225,7 @@ pub async fn run() {
     let direct_rate = (CONCURRENCY * PER_TASK) as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     let http = Arc::new(http);
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (http, url, body) = (http.clone(), send_url.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..PER_TASK {
-                assert_eq!(post(&http, &url, body.clone(), None).await, 202);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    sidecar_round(&http, &send_url, &body).await;
     let sidecar_rate = (CONCURRENCY * PER_TASK) as f64 / t.elapsed().as_secs_f64();
     println!();
     println!(
@@ -237,18 +242,7 @@ pub async fn run() {
     // Sustained load: memory after each further round must stay flat (bounded queues, no leaks).
     let mut samples = Vec::new();
     for _ in 0..4 {
-        let mut tasks = Vec::new();
-        for _ in 0..CONCURRENCY {
-            let (http, url, body) = (http.clone(), send_url.clone(), body.clone());
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..PER_TASK {
-                    assert_eq!(post(&http, &url, body.clone(), None).await, 202);
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
+        sidecar_round(&http, &send_url, &body).await;
         samples.push(format!("{:.1}", rss_kib(pid) as f64 / 1024.0));
     }
     println!(
