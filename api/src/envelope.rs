@@ -51,15 +51,33 @@ pub struct Envelope {
 }
 
 /// A payload stored in the `CW_BLOB_<ns>` object store.
+///
+/// Every blob is written under a name of its own that no other write ever uses, and is referenced
+/// by exactly one stored event or KV revision. So a blob never changes once its event is
+/// acknowledged, and a reader checks what it fetched against `size` and `digest`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BlobRef {
     /// Object store bucket.
     pub bucket: String,
-    /// Object name (the event id).
+    /// Object name: unique per write (see [`blob_name`]).
     pub name: String,
     /// Size of the MessagePack-encoded payload in bytes.
     pub size: u64,
+    /// `SHA-256=<base64url>` of those bytes, in the object store's own digest format. Absent
+    /// only in blobs written by Causeway versions before digests were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// NATS header on a KV message whose value is a MessagePack [`BlobRef`] rather than the value
+/// itself (a value larger than the server's `max_payload`).
+pub const HEADER_BLOB: &str = "Cw-Blob";
+
+/// The object name of a new blob: `<what>/<id>/<nonce>`. `nonce` is unique per write (a fresh
+/// ULID), so no two writes, not even two retries of the same event, share an object.
+pub fn blob_name(what: &str, id: &str, nonce: &str) -> String {
+    format!("{what}/{id}/{nonce}")
 }
 
 /// What went wrong with a dead-lettered event.

@@ -22,6 +22,20 @@ use crate::names::DnsLabel;
 /// The cluster-wide registry bucket that sidecars watch.
 pub const REGISTRY_BUCKET: &str = "CW_REGISTRY";
 
+/// Where the registry stream republishes every stored change: `cw._registry.<key>`. The `_`
+/// token cannot be a namespace (a DNS label), so it never collides with a store or inbox.
+pub const REGISTRY_CHANGES_PREFIX: &str = "cw._registry";
+
+/// The subject on which changes of namespace `ns`'s records are republished.
+pub fn registry_changes_filter(ns: &DnsLabel) -> String {
+    format!("{REGISTRY_CHANGES_PREFIX}.{ns}.>")
+}
+
+/// The KV subject of a registry key (`$KV.CW_REGISTRY.<key>`).
+pub fn registry_kv_subject(key: &str) -> String {
+    format!("$KV.{REGISTRY_BUCKET}.{key}")
+}
+
 /// The three kinds of Causeway object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {

@@ -46,8 +46,23 @@ pub const ENV_APP_HEALTH_INTERVAL: &str = "CAUSEWAY_APP_HEALTH_INTERVAL";
 pub const ENV_API_TOKEN: &str = "CAUSEWAY_API_TOKEN";
 /// Largest request body accepted (default `8Mi`); larger ones get 413.
 pub const ENV_MAX_BODY: &str = "CAUSEWAY_MAX_BODY";
-/// Requests served at once (default 1024); more wait for a slot.
+/// API requests served at once (default 1024); more wait up to [`ENV_QUEUE_TIMEOUT`] for a slot,
+/// then get 503. Health and metrics never need a slot.
 pub const ENV_MAX_REQUESTS: &str = "CAUSEWAY_MAX_REQUESTS";
+/// Open HTTP connections at once (default 4096); more wait in the kernel's accept backlog.
+pub const ENV_MAX_CONNECTIONS: &str = "CAUSEWAY_MAX_CONNECTIONS";
+/// How long a request may wait for a free slot before a 503 (default `5s`).
+pub const ENV_QUEUE_TIMEOUT: &str = "CAUSEWAY_QUEUE_TIMEOUT";
+/// How long a client may take to send a request's headers, and how long an idle keep-alive
+/// connection stays open (default `30s`).
+pub const ENV_HEADER_TIMEOUT: &str = "CAUSEWAY_HEADER_TIMEOUT";
+/// How long a client may take to send a request's body (default `30s`; 408 beyond).
+pub const ENV_BODY_TIMEOUT: &str = "CAUSEWAY_BODY_TIMEOUT";
+/// `Host` names (with or without port) the API answers besides loopback names and the bind
+/// address, comma-separated; `*` accepts any (default: none). Blocks DNS rebinding.
+pub const ENV_ALLOWED_HOSTS: &str = "CAUSEWAY_ALLOWED_HOSTS";
+/// How long a request waits for NATS to (re)connect before answering 503 (default `5s`).
+pub const ENV_NATS_WAIT: &str = "CAUSEWAY_NATS_WAIT";
 /// Live streams served at once (default 256); more get 503.
 pub const ENV_MAX_STREAMS: &str = "CAUSEWAY_MAX_STREAMS";
 /// How long a live-stream client may stall before it is dropped (default `10s`).
@@ -116,8 +131,20 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Request body limit in bytes.
     pub max_body: usize,
-    /// Concurrent requests.
+    /// Concurrent API requests.
     pub max_requests: usize,
+    /// Open connections.
+    pub max_connections: usize,
+    /// Wait for a request slot.
+    pub queue_timeout: Duration,
+    /// Time to send the headers (and idle time of a keep-alive connection).
+    pub header_timeout: Duration,
+    /// Time to send the body.
+    pub body_timeout: Duration,
+    /// Extra `Host` names accepted (`None`: any).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// How long a request waits for NATS to (re)connect.
+    pub nats_wait: Duration,
     /// Concurrent live streams.
     pub max_streams: usize,
     /// Stall allowed to a live-stream client.
@@ -218,6 +245,9 @@ impl Config {
                 ),
             ));
         }
+        let duration = |var: &'static str, default_secs: u64| -> Result<Duration, ConfigError> {
+            Ok(parse_duration(var, get(var))?.unwrap_or(Duration::from_secs(default_secs)))
+        };
         let port = parse_num::<u16>(ENV_PORT, get(ENV_PORT))?.unwrap_or(4480);
         let app_port = parse_num::<u16>(ENV_APP_PORT, get(ENV_APP_PORT))?;
         if app_port == Some(0) {
@@ -233,7 +263,13 @@ impl Config {
         let max_load_bytes = parse_bytes(ENV_MAX_LOAD_BYTES, get(ENV_MAX_LOAD_BYTES))?.unwrap_or(16 << 20);
         let max_requests = parse_num::<usize>(ENV_MAX_REQUESTS, get(ENV_MAX_REQUESTS))?.unwrap_or(1024);
         let max_streams = parse_num::<usize>(ENV_MAX_STREAMS, get(ENV_MAX_STREAMS))?.unwrap_or(256);
-        for (var, v) in [(ENV_MAX_BODY, max_body), (ENV_MAX_REQUESTS, max_requests), (ENV_MAX_STREAMS, max_streams)] {
+        let max_connections = parse_num::<usize>(ENV_MAX_CONNECTIONS, get(ENV_MAX_CONNECTIONS))?.unwrap_or(4096);
+        for (var, v) in [
+            (ENV_MAX_BODY, max_body),
+            (ENV_MAX_REQUESTS, max_requests),
+            (ENV_MAX_STREAMS, max_streams),
+            (ENV_MAX_CONNECTIONS, max_connections),
+        ] {
             if v == 0 {
                 return Err(bad(var, "must be greater than 0"));
             }
@@ -253,6 +289,18 @@ impl Config {
             api_token,
             max_body,
             max_requests,
+            max_connections,
+            queue_timeout: duration(ENV_QUEUE_TIMEOUT, 5)?,
+            header_timeout: duration(ENV_HEADER_TIMEOUT, 30)?,
+            body_timeout: duration(ENV_BODY_TIMEOUT, 30)?,
+            allowed_hosts: match get(ENV_ALLOWED_HOSTS) {
+                Some(h) if h.trim() == "*" => None,
+                Some(h) => {
+                    Some(h.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect())
+                }
+                None => Some(Vec::new()),
+            },
+            nats_wait: duration(ENV_NATS_WAIT, 5)?,
             max_streams,
             stream_send_timeout: parse_duration(ENV_STREAM_SEND_TIMEOUT, get(ENV_STREAM_SEND_TIMEOUT))?
                 .unwrap_or(Duration::from_secs(10)),
@@ -261,9 +309,36 @@ impl Config {
         })
     }
 
+    /// True when `host` (a `Host` header: name or address, with or without port) may be served.
+    /// Loopback names and the bind address always are; others only when configured.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let Some(extra) = &self.allowed_hosts else { return true };
+        let host = host.trim().to_ascii_lowercase();
+        let name = strip_port(&host);
+        let bind = self.bind.to_string();
+        let bracketed = format!("[{bind}]");
+        matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+            || name.ends_with(".localhost")
+            || name.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+            || name == bind
+            || name == bracketed
+            || extra.iter().any(|e| e == &host || e == name)
+    }
+
     /// `<namespace>/<node>`: the sender of every event this sidecar writes.
     pub fn sender(&self) -> String {
         format!("{}/{}", self.namespace, self.node)
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`.
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return h.find(']').map(|i| &h[..=i]).unwrap_or(h);
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => h,
     }
 }
 
@@ -333,6 +408,22 @@ mod tests {
         assert_eq!(cfg(&[(ENV_NODE, "a"), (ENV_NATS_USER, "u")]).unwrap_err().var, ENV_NATS_PASSWORD);
         assert_eq!(cfg(&[(ENV_NODE, "a"), (ENV_NATS_CREDS, "/nope")]).unwrap_err().var, ENV_NATS_CREDS);
         assert_eq!(cfg(&[(ENV_NODE, "a"), (ENV_APP_HEALTH_PATH, "health")]).unwrap_err().var, ENV_APP_HEALTH_PATH);
+    }
+
+    #[test]
+    fn hosts() {
+        let c = cfg(&[(ENV_NODE, "a")]).unwrap();
+        for ok in ["127.0.0.1:4480", "localhost", "LOCALHOST:1", "[::1]:4480", "127.0.0.2", "app.localhost:80"] {
+            assert!(c.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example:4480", "127.0.0.1.evil.example", "10.0.0.1:4480", "localhost.evil"] {
+            assert!(!c.host_allowed(bad), "{bad}");
+        }
+        let c = cfg(&[(ENV_NODE, "a"), (ENV_ALLOWED_HOSTS, "sidecar.internal, 10.0.0.7:4480")]).unwrap();
+        assert!(c.host_allowed("sidecar.internal:4480") && c.host_allowed("10.0.0.7:4480"));
+        assert!(!c.host_allowed("10.0.0.8:4480"));
+        let c = cfg(&[(ENV_NODE, "a"), (ENV_ALLOWED_HOSTS, "*")]).unwrap();
+        assert!(c.host_allowed("anything"));
     }
 
     #[test]

@@ -24,6 +24,28 @@ pub enum Error {
     /// A query parameter is wrong.
     #[error("{0}")]
     InvalidQuery(String),
+    /// A query parameter this route does not know (a misspelt condition must never turn into an
+    /// unconditional write).
+    #[error(
+        "unknown query parameter{} {} for this route; allowed: {}",
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", "),
+        list_static(allowed)
+    )]
+    UnknownParameter {
+        /// What was given.
+        names: Vec<String>,
+        /// What the route accepts.
+        allowed: &'static [&'static str],
+    },
+    /// A conditional header this route does not evaluate.
+    #[error("{header} is not supported on this route; {supported}")]
+    UnsupportedCondition {
+        /// The header.
+        header: &'static str,
+        /// What the route supports instead.
+        supported: &'static str,
+    },
     /// A header is wrong.
     #[error("{0}")]
     InvalidHeader(String),
@@ -33,6 +55,15 @@ pub enum Error {
     /// An ack entry is wrong.
     #[error("{0}")]
     InvalidAck(String),
+    /// The `Host` header is not one this sidecar serves (DNS rebinding).
+    #[error("Host {0:?} is not served here: use 127.0.0.1, localhost or [::1] (or set CAUSEWAY_ALLOWED_HOSTS)")]
+    ForbiddenHost(String),
+    /// A browser page of another origin.
+    #[error("requests from origin {0:?} are refused: the sidecar serves its own pod, not web pages")]
+    ForbiddenOrigin(String),
+    /// The request body arrived too slowly.
+    #[error("the request body did not arrive within {0}; send it at once")]
+    RequestTimeout(String),
     /// The API token is missing or wrong.
     #[error("send the sidecar's API token as 'Authorization: Bearer <token>'")]
     Unauthorized,
@@ -82,6 +113,20 @@ pub enum Error {
     /// Fetch on a push listener.
     #[error("listener {0:?} delivers by push; only pull listeners can be fetched")]
     NotPullListener(String),
+    /// The event id is already stored elsewhere in the same stream.
+    #[error(
+        "event id {id:?} is already stored in {stream} on subject {subject:?} at sequence {sequence}; ids are unique per store (and inbox) within its duplicate window, so use a new id for a new event"
+    )]
+    IdConflict {
+        /// The id.
+        id: String,
+        /// The stream.
+        stream: String,
+        /// Subject relative to the store or inbox where it lives.
+        subject: String,
+        /// Its sequence.
+        sequence: u64,
+    },
     /// Expected sequence did not match.
     #[error("the subject's last sequence is {last}, not the expected one; load the subject again and retry")]
     SequenceConflict {
@@ -116,6 +161,11 @@ pub enum Error {
     /// Wrong content type.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The registry has not been read yet (NATS unreachable, or the sidecar is starting).
+    #[error(
+        "the sidecar has not read the registry yet ({0}); names cannot be resolved until it has, retry in a moment"
+    )]
+    NotSynced(String),
     /// Too many of something at once.
     #[error("{0}")]
     TooBusy(String),
@@ -134,24 +184,39 @@ fn list(v: &[String]) -> String {
     if v.is_empty() { "none".into() } else { v.join(", ") }
 }
 
+fn list_static(v: &[&str]) -> String {
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
 impl Error {
     /// HTTP status.
     pub fn status(&self) -> StatusCode {
         use Error::*;
         match self {
-            InvalidJson(_) | InvalidEvent(_) | InvalidName(_) | InvalidQuery(_) | InvalidHeader(_) | InvalidKey(_)
+            InvalidJson(_)
+            | InvalidEvent(_)
+            | InvalidName(_)
+            | InvalidQuery(_)
+            | UnknownParameter { .. }
+            | UnsupportedCondition { .. }
+            | InvalidHeader(_)
+            | InvalidKey(_)
             | InvalidAck(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
+            ForbiddenHost(_) | ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             UnknownNode { .. } | UnknownStore { .. } | UnknownListener { .. } | NoRoute { .. } | KeyNotFound(_) => {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            NotPullListener(_) | SequenceConflict { .. } | DuplicateInBatch { .. } => StatusCode::CONFLICT,
+            NotPullListener(_) | IdConflict { .. } | SequenceConflict { .. } | DuplicateInBatch { .. } => {
+                StatusCode::CONFLICT
+            }
             BatchNotSupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            TooBusy(_) | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NotSynced(_) | TooBusy(_) | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -169,6 +234,13 @@ impl Error {
             InvalidName(NameError::TokenPath { .. } | NameError::SubjectPattern { .. }) => "invalid_subject",
             InvalidName(NameError::DnsLabel { .. }) => "invalid_name",
             InvalidQuery(_) => "invalid_query",
+            UnknownParameter { .. } => "unknown_parameter",
+            UnsupportedCondition { .. } => "unsupported_condition",
+            ForbiddenHost(_) => "forbidden_host",
+            ForbiddenOrigin(_) => "forbidden_origin",
+            RequestTimeout(_) => "request_timeout",
+            IdConflict { .. } => "id_conflict",
+            NotSynced(_) => "not_ready",
             InvalidHeader(_) => "invalid_header",
             InvalidKey(_) => "invalid_key",
             InvalidAck(_) => "invalid_ack",
@@ -193,6 +265,14 @@ impl Error {
         }
     }
 
+    /// Seconds a client should wait before retrying: every 503 and 504 carries one.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self.status() {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => Some(1),
+            _ => None,
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         let mut m = Map::new();
@@ -209,6 +289,15 @@ impl Error {
             }
             Error::DuplicateInBatch { ids } => {
                 m.insert("ids".into(), json!(ids));
+            }
+            Error::UnknownParameter { names, allowed } => {
+                m.insert("unknown".into(), json!(names));
+                m.insert("allowed".into(), json!(allowed));
+            }
+            Error::IdConflict { stream, subject, sequence, .. } => {
+                m.insert("stream".into(), json!(stream));
+                m.insert("subject".into(), json!(subject));
+                m.insert("sequence".into(), json!(sequence));
             }
             Error::PreconditionFailed { revision: Some(r), .. } => {
                 m.insert("revision".into(), json!(r));

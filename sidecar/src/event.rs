@@ -176,16 +176,21 @@ fn is_json_type(ct: &str) -> bool {
 /// Parses a send or append request. Returns the drafts and whether it was a batch.
 pub fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Draft>, bool)> {
     let binary = headers.contains_key("ce-specversion");
-    let (mut drafts, batch) = match media(headers) {
+    // A binary-mode CloudEvent without a content type carries JSON data.
+    let m = match media(headers) {
+        Media::Missing if binary => Media::Json,
+        m => m,
+    };
+    let (mut drafts, batch) = match m {
         Media::Other if binary => {
             return Err(Error::UnsupportedMediaType(
                 "a binary-mode CloudEvent must carry JSON data: send Content-Type: application/json".into(),
             ));
         }
-        Media::Other => {
+        Media::Other | Media::Missing => {
             return Err(Error::UnsupportedMediaType(format!(
                 "send Content-Type: application/json (a Causeway event), application/cloudevents+json or CloudEvents binary mode; got {:?}",
-                header_str(headers, "content-type").ok().flatten().unwrap_or("?")
+                header_str(headers, "content-type").ok().flatten().unwrap_or("none")
             )));
         }
         Media::CloudEvent => (vec![Draft::from_structured(crate::http::parse_json(body)?, None)?], false),
@@ -354,6 +359,61 @@ pub fn build(
     }
 }
 
+/// A stored message, read back.
+#[derive(Debug)]
+pub enum Decoded {
+    /// The event and the JSON an app sees.
+    Event(Box<Envelope>, Vec<u8>),
+    /// Its payload blob is larger than the room left in the answer (it was not fetched).
+    TooLarge,
+    /// It cannot be served (not a Causeway event, or its blob is gone or damaged): skip it and
+    /// report why. Retrying cannot help.
+    Skipped(String),
+}
+
+/// Decodes a stored message into the JSON an app sees, fetching a blob-stored payload (unless
+/// it is larger than `room`) and advancing the Lamport clock. `Err` only when NATS could not be
+/// asked (retry); a message that can never be served is [`Decoded::Skipped`].
+pub async fn decode_stored(
+    state: &crate::state::State,
+    payload: &[u8],
+    stream: &str,
+    seq: u64,
+    room: Option<usize>,
+) -> Result<Decoded> {
+    let mut env = match Envelope::decode(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(stream, seq, error = %e, "skipping a message that is not a Causeway event");
+            return Ok(Decoded::Skipped(format!("{stream}#{seq} is not a Causeway event: {e}")));
+        }
+    };
+    if let Some(r) = env.blob.take() {
+        if room.is_some_and(|room| r.size as usize > room) {
+            return Ok(Decoded::TooLarge);
+        }
+        match state.blobs.fetch(&r).await {
+            Ok(bytes) => match rmp_serde::from_slice(&bytes) {
+                Ok(v) => env.payload = v,
+                Err(e) => {
+                    return Ok(Decoded::Skipped(format!(
+                        "event {} ({stream}#{seq}): its payload blob does not decode: {e}",
+                        env.id
+                    )));
+                }
+            },
+            Err(crate::blob::BlobError::Unavailable(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(stream, seq, error = %e, "skipping an event whose payload cannot be read");
+                return Ok(Decoded::Skipped(format!("event {} ({stream}#{seq}): {e}", env.id)));
+            }
+        }
+    }
+    state.clock.observe(env.lamport);
+    let v = view_json(&env, stream, seq);
+    Ok(Decoded::Event(Box::new(env), v))
+}
+
 /// The JSON an app sees for a stored event.
 pub fn view_json(e: &Envelope, stream: &str, sequence: u64) -> Vec<u8> {
     serde_json::to_vec(&EventView { envelope: e, stream, sequence }).unwrap_or_else(|_| b"{}".to_vec())
@@ -372,6 +432,7 @@ mod tests {
 
     fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
+        m.insert("content-type", HeaderValue::from_static("application/json"));
         for (k, v) in pairs {
             m.insert(*k, HeaderValue::from_static(v));
         }
@@ -406,6 +467,8 @@ mod tests {
         assert_eq!(e(br#"[{"type":"a","id":"x"},{"type":"a","id":"x"}]"#), "invalid_event");
         let e = parse_request(&h(&[("content-type", "text/plain")]), b"{}").unwrap_err();
         assert_eq!(e.code(), "unsupported_media_type");
+        let e = parse_request(&HeaderMap::new(), br#"{"type":"a"}"#).unwrap_err();
+        assert_eq!(e.code(), "unsupported_media_type", "no content type is refused, not read as JSON");
     }
 
     #[test]

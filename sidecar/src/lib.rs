@@ -4,17 +4,23 @@
 //! - [`server`]: the hyper server and router; [`routes`]: one file per resource;
 //! - [`registry`]: name resolution through `CW_REGISTRY`;
 //! - [`event`], [`publish`], [`blob`]: request → envelope → JetStream, and back;
+//! - [`nats`]: the connection, resilient writes and batched direct gets;
+//! - [`conditional`]: RFC 9110 conditional requests; [`acktoken`]: signed ack tokens;
 //! - [`push`]: push delivery to the app;
 //! - [`metrics`], [`error`], [`http`], [`state`]: the plumbing.
 #![forbid(unsafe_code)]
 
+pub mod acktoken;
 pub mod blob;
 pub mod clock;
+pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod flag;
 pub mod http;
 pub mod metrics;
+pub mod nats;
 pub mod publish;
 pub mod push;
 pub mod registry;
@@ -28,54 +34,39 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{config::Config, state::State};
 
-/// Connects to NATS with the configured credentials. The first connection is retried in the
-/// background, so the sidecar serves `/healthz` (and a failing `/readyz`) while NATS is away.
-pub async fn connect(config: &Config) -> Result<async_nats::Client, String> {
-    let mut opts = async_nats::ConnectOptions::new()
-        .name(format!("causeway-sidecar {}", config.sender()))
-        .retry_on_initial_connect()
-        .max_reconnects(None);
-    opts = match &config.nats_auth {
-        config::NatsAuth::None => opts,
-        config::NatsAuth::Creds(p) => {
-            opts.credentials_file(p).await.map_err(|e| format!("{}: {e}", config::ENV_NATS_CREDS))?
-        }
-        config::NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
-        config::NatsAuth::Token(t) => opts.token(t.clone()),
-    };
-    if config.nats_tls.required {
-        opts = opts.require_tls(true);
-    }
-    if let Some(ca) = &config.nats_tls.ca {
-        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    if let Some((cert, key)) = &config.nats_tls.client {
-        opts = opts.add_client_certificate(cert.clone(), key.clone());
-    }
-    let addrs: Vec<async_nats::ServerAddr> = config.nats_urls.iter().filter_map(|u| u.parse().ok()).collect();
-    opts.connect(addrs).await.map_err(|e| format!("NATS: {e}"))
-}
-
 /// Runs the sidecar on `listener` until `shutdown` turns true: the registry watch, the app's
 /// health check, push delivery and the HTTP server. Returns after in-flight work has finished
-/// or the grace period has passed.
+/// or the grace period has passed, whatever NATS is doing.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let client = connect(&config).await?;
-    let state = State::new(config, client, shutdown.clone());
-    let registry = tokio::spawn(registry::follow(state.registry.clone(), state.js.clone(), shutdown.clone()));
+    let link = nats::Link::new();
+    let client = nats::connect(&config, link.clone()).await?;
+    let grace = config.grace_period;
+    let state = State::new(config, client.clone(), link.clone(), shutdown.clone());
+    let registry =
+        tokio::spawn(registry::follow(state.registry.clone(), client.clone(), link.clone(), shutdown.clone()));
     let health = tokio::spawn(push::watch_app_health(state.clone()));
     let pushing = tokio::spawn(push::supervise(state.clone()));
     let clock = tokio::spawn(clock::keep(state.clone()));
     let mut stop = shutdown.clone();
+    let stopping = std::time::Instant::now();
     server::run(listener, state.clone(), async move {
-        let _ = crate::state::until_true(&mut stop).await;
+        let _ = flag::until_true(&mut stop).await;
     })
     .await;
-    let _ = pushing.await;
-    let _ = registry.await;
-    let _ = health.await;
-    let _ = clock.await;
-    let _ = state.client.flush().await;
+    // Everything below talks to NATS, which may be unreachable: it gets what is left of the
+    // grace period (and at least a second), never more.
+    let left = grace.saturating_sub(stopping.elapsed()).max(std::time::Duration::from_secs(1));
+    let teardown = async {
+        let _ = pushing.await;
+        let _ = registry.await;
+        let _ = health.await;
+        let _ = clock.await;
+        state.live.delete_all(&state.js).await;
+        let _ = state.client.flush().await;
+    };
+    if tokio::time::timeout(left, teardown).await.is_err() {
+        tracing::warn!("NATS did not let the sidecar finish in time; stopping anyway");
+    }
     Ok(())
 }
 

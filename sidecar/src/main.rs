@@ -33,6 +33,18 @@ fn main() {
         // One line on stdout so scripts (and `causeway dev`) learn the address, even for port 0.
         println!("causeway-sidecar {} listening on http://{local}", config.sender());
         let shutdown = causeway_sidecar::shutdown_on_signals();
+        // Whatever NATS or a client does, the process ends soon after the grace period, so a
+        // pod never hangs in Terminating.
+        let mut signalled = shutdown.clone();
+        let deadline = config.grace_period + std::time::Duration::from_secs(5);
+        tokio::spawn(async move {
+            causeway_sidecar::flag::until_true(&mut signalled).await;
+            std::thread::spawn(move || {
+                std::thread::sleep(deadline);
+                eprintln!("causeway-sidecar: still running {deadline:?} after the stop signal; exiting");
+                std::process::exit(1);
+            });
+        });
         match causeway_sidecar::serve(config, listener, shutdown).await {
             Ok(()) => 0,
             Err(e) => {

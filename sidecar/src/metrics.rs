@@ -35,6 +35,11 @@ pub struct Metrics {
     pub app_healthy: Gauge,
     /// 1 while NATS is connected.
     pub nats_connected: Gauge,
+    /// Stored messages that could not be served (not a Causeway event, or a payload blob gone
+    /// or damaged), by where they were met: load, stream, fetch, push.
+    pub undecodable: Family<Labels, Counter>,
+    /// Live-stream consumers this sidecar holds open.
+    pub live_consumers: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -54,6 +59,8 @@ impl Default for Metrics {
         let streams_dropped = Counter::default();
         let app_healthy = Gauge::default();
         let nats_connected = Gauge::default();
+        let undecodable = Family::<Labels, Counter>::default();
+        let live_consumers = Gauge::default();
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
         registry.register("events_written", "Events written to JetStream by kind", events.clone());
@@ -68,6 +75,12 @@ impl Default for Metrics {
         );
         registry.register("app_healthy", "1 while the app's health check passes", app_healthy.clone());
         registry.register("nats_connected", "1 while NATS is connected", nats_connected.clone());
+        registry.register(
+            "undecodable_events",
+            "Stored messages skipped because they cannot be served, by where they were met",
+            undecodable.clone(),
+        );
+        registry.register("live_consumers", "Live-stream consumers this sidecar holds open", live_consumers.clone());
         Self {
             registry,
             requests,
@@ -80,6 +93,8 @@ impl Default for Metrics {
             streams_dropped,
             app_healthy,
             nats_connected,
+            undecodable,
+            live_consumers,
         }
     }
 }
@@ -95,6 +110,11 @@ impl Metrics {
     /// Counts a delivery outcome.
     pub fn delivery(&self, listener: &str, outcome: &'static str) {
         self.deliveries.get_or_create(&vec![("listener", listener.to_owned()), ("outcome", outcome.to_owned())]).inc();
+    }
+
+    /// Counts a stored message that could not be served.
+    pub fn undecodable(&self, place: &'static str) {
+        self.undecodable.get_or_create(&vec![("where", place.to_owned())]).inc();
     }
 
     /// Counts events written.

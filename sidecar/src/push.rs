@@ -94,7 +94,7 @@ pub async fn watch_app_health(state: Arc<State>) {
         state.metrics.app_healthy.set(healthy as i64);
         tokio::select! {
             _ = tokio::time::sleep(state.config.app_health_interval) => {}
-            _ = crate::state::until_true(&mut shutdown) => return,
+            _ = crate::flag::until_true(&mut shutdown) => return,
         }
     }
 }
@@ -135,7 +135,7 @@ pub async fn supervise(state: Arc<State>) {
         while handles.try_join_next().is_some() {}
         tokio::select! {
             r = version.changed() => if r.is_err() { break },
-            _ = crate::state::until_true(&mut shutdown) => break,
+            _ = crate::flag::until_true(&mut shutdown) => break,
         }
     }
     for (_, (_, stop)) in workers.drain() {
@@ -155,8 +155,8 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
     'outer: loop {
         while tasks.try_join_next().is_some() {}
         tokio::select! {
-            _ = crate::state::until_true(&mut healthy) => {}
-            _ = crate::state::until_true(&mut stop) => break,
+            _ = crate::flag::until_true(&mut healthy) => {}
+            _ = crate::flag::until_true(&mut stop) => break,
         }
         let c = match &consumer {
             Some(c) => c.clone(),
@@ -169,7 +169,7 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
                     tracing::warn!(listener = %label, error = %e, "consumer not available yet; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = crate::state::until_true(&mut stop) => break,
+                        _ = crate::flag::until_true(&mut stop) => break,
                     }
                 }
             },
@@ -177,7 +177,7 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
         // Ask for exactly as many events as there are free slots.
         let first = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = crate::state::until_true(&mut stop) => break,
+            _ = crate::flag::until_true(&mut stop) => break,
         };
         let mut held = vec![first];
         while held.len() < slots {
@@ -194,14 +194,14 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
                 consumer = None;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = crate::state::until_true(&mut stop) => break,
+                    _ = crate::flag::until_true(&mut stop) => break,
                 }
             }
         };
         loop {
             let next = tokio::select! {
                 n = batch.next() => n,
-                _ = crate::state::until_true(&mut stop) => break 'outer,
+                _ = crate::flag::until_true(&mut stop) => break 'outer,
             };
             match next {
                 Some(Ok(msg)) => {
@@ -265,7 +265,7 @@ async fn handle(
     let mut env = None;
     let outcome = tokio::select! {
         o = deliver(state, l, client, &msg, seq, attempt, &mut env) => o,
-        _ = crate::state::until_true(&mut hard) => Outcome::Cancelled,
+        _ = crate::flag::until_true(&mut hard) => Outcome::Cancelled,
     };
     let listener = l.meta.name.as_str();
     let max = l.delivery.max_deliver.map(|m| m.max(1) as u64);
@@ -334,14 +334,31 @@ async fn deliver(
     }
     let mut env = match Envelope::decode(&msg.payload) {
         Ok(e) => e,
-        Err(e) => return Outcome::Refused { status: None, error: format!("not a Causeway event: {e}") },
+        Err(e) => {
+            state.metrics.undecodable("push");
+            return Outcome::Refused { status: None, error: format!("not a Causeway event: {e}") };
+        }
     };
     if event_type.is_none() && !l.wants_type(&env.event_type) {
         return Outcome::Ack("skipped");
     }
-    if let Err(e) = state.blobs.resolve(&mut env).await {
-        *slot = Some(env);
-        return Outcome::Retry { status: None, error: e.to_string() };
+    if let Some(r) = env.blob.take() {
+        let read = match state.blobs.fetch(&r).await {
+            Ok(b) => rmp_serde::from_slice(&b)
+                .map_err(|e| (true, format!("its payload blob {} does not decode: {e}", r.name))),
+            Err(e) => Err((e.is_permanent(), e.to_string())),
+        };
+        match read {
+            Ok(v) => env.payload = v,
+            Err((permanent, error)) => {
+                *slot = Some(env);
+                if permanent {
+                    state.metrics.undecodable("push");
+                    return Outcome::Refused { status: None, error };
+                }
+                return Outcome::Retry { status: None, error };
+            }
+        }
     }
     state.clock.observe(env.lamport);
     state.causes.remember(&env);
@@ -351,7 +368,15 @@ async fn deliver(
     let state_kv = if l.delivery.exactly_once {
         match state.bucket(&state.state_bucket()).await {
             Ok(kv) => match kv.get(&handled).await {
-                Ok(Some(_)) => return Outcome::Ack("skipped_handled"),
+                // Handled before (the sidecar stopped before the ack landed): publish the events
+                // the app's reply asked for again (their ids are fixed, so JetStream stores them
+                // once), ack, and do not call the app again.
+                Ok(Some(reply)) => {
+                    if let Err(o) = emit(state, &env, l, &reply).await {
+                        return o;
+                    }
+                    return Outcome::Ack("skipped_handled");
+                }
                 Ok(None) => Some(kv),
                 Err(e) => return Outcome::Retry { status: None, error: format!("exactly-once check: {e}") },
             },
@@ -419,13 +444,30 @@ async fn deliver(
                 Ok(b) => b,
                 Err(e) => return Outcome::Retry { status: code, error: e },
             };
-            if let Err(o) = emit(state, &env, l, &body).await {
-                return o;
+            let Some(kv) = state_kv else {
+                if let Err(o) = emit(state, &env, l, &body).await {
+                    return o;
+                }
+                return Outcome::Ack("ack");
+            };
+            // Record the event as handled first, with the app's reply, so the window in which a
+            // crash makes the app see it again is one KV write wide. A reply too large for the
+            // mark is published first and marked after.
+            let fits = state.max_payload().is_ok_and(|m| body.len() + crate::blob::HEADROOM <= m);
+            if !fits {
+                if let Err(o) = emit(state, &env, l, &body).await {
+                    return o;
+                }
+                mark_handled(&kv, &handled, Bytes::from_static(b"1"), l).await;
+                return Outcome::Ack("ack");
             }
-            if let Some(kv) = state_kv
-                && let Err(e) = kv.put(&handled, Bytes::from_static(b"1")).await
-            {
-                tracing::warn!(listener = %l.meta.name, error = %e, "could not record the event as handled");
+            let marked = mark_handled(&kv, &handled, body.clone(), l).await;
+            if let Err(o) = emit(state, &env, l, &body).await {
+                // The event goes back to the app (or to the dead letter): it is not handled.
+                if marked && let Err(e) = kv.delete(&handled).await {
+                    tracing::warn!(listener = %l.meta.name, error = %e, "could not clear a handled mark");
+                }
+                return o;
             }
             Outcome::Ack("ack")
         }
@@ -434,6 +476,21 @@ async fn deliver(
         }
         _ => Outcome::Retry { status: code, error: excerpt(&body) },
     }
+}
+
+/// Writes the exactly-once mark, retrying briefly; false when it could not be written (the event
+/// is then acked unmarked: a redelivery, which needs a lost ack too, would call the app again).
+async fn mark_handled(kv: &async_nats::jetstream::kv::Store, key: &str, value: Bytes, l: &ListenerRecord) -> bool {
+    for attempt in 0..3u64 {
+        match kv.put(key, value.clone()).await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(listener = %l.meta.name, attempt, error = %e, "could not record the event as handled");
+                tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+            }
+        }
+    }
+    false
 }
 
 /// A deterministic id for the `index`-th event emitted in reply to `cause`, so that a redelivery
@@ -487,12 +544,20 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
         }
         let out = match (node, store, subject) {
             (Some(n), None, None) => {
-                let target = state.registry.node(&state.js, &n).await.map_err(|e| refused(i, &e))?;
+                let target = match state.registry.node(&state.client, &n).await {
+                    Ok(t) => t,
+                    Err(e) if e.status().is_server_error() => {
+                        return Err(Outcome::Retry { status: None, error: format!("emit [{i}]: {e}") });
+                    }
+                    Err(e) => return Err(refused(i, &e)),
+                };
                 let tname = format!("{}/{}", target.meta.namespace, target.meta.name);
                 let subject = draft.event_type.clone();
                 let envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
                 Outgoing {
                     subject: naming::join_subject(&target.inbox_subject_prefix, &subject),
+                    stream: target.inbox_stream.clone(),
+                    prefix: target.inbox_subject_prefix.clone(),
                     envelope,
                     expected: None,
                     msg_id: None,
@@ -500,11 +565,19 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
             }
             (None, Some(s), Some(subject)) => {
                 causeway_api::names::validate_subject(&subject).map_err(|e| refused(i, &e))?;
-                let rec = state.registry.store(&s).map_err(|e| refused(i, &e))?;
+                let rec = match state.registry.store(&s) {
+                    Ok(r) => r,
+                    Err(e) if e.status().is_server_error() => {
+                        return Err(Outcome::Retry { status: None, error: format!("emit [{i}]: {e}") });
+                    }
+                    Err(e) => return Err(refused(i, &e)),
+                };
                 let tname = format!("{}/{}", rec.meta.namespace, rec.meta.name);
                 let envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
                 Outgoing {
                     subject: naming::join_subject(&rec.subject_prefix, &subject),
+                    stream: rec.stream.clone(),
+                    prefix: rec.subject_prefix.clone(),
                     envelope,
                     expected,
                     msg_id: None,
@@ -530,8 +603,9 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
     Ok(())
 }
 
+/// Publishes a refused event to the listener's dead letter, with why (when it has one).
 #[allow(clippy::too_many_arguments)]
-async fn dead_letter(
+pub(crate) async fn dead_letter(
     state: &State,
     l: &ListenerRecord,
     env: Option<&Envelope>,
@@ -575,8 +649,20 @@ async fn dead_letter(
         error,
         time: now_rfc3339(),
     });
+    // The payload of a blob that cannot be read is gone: the dead letter must not point at it.
+    if env.blob.is_some() {
+        env.blob = None;
+        env.payload = Value::Null;
+    }
     let msg_id = format!("{}.dl.{}", env.id, l.meta.name);
-    let out = Outgoing { subject: dl.nats_subject.clone(), envelope: env, expected: None, msg_id: Some(msg_id) };
+    let out = Outgoing {
+        subject: dl.nats_subject.clone(),
+        stream: dl.stream.clone(),
+        prefix: naming::store_subject_prefix(&l.meta.namespace, &dl.store),
+        envelope: env,
+        expected: None,
+        msg_id: Some(msg_id),
+    };
     publish_one(state, out).await?;
     state.metrics.written("dead_letter", false, 1);
     Ok(())

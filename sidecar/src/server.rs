@@ -1,7 +1,21 @@
-//! The HTTP server: accept loop, routing, auth, metrics and graceful shutdown.
+//! The HTTP server: accept loop, routing, guards, metrics and graceful shutdown.
 //!
 //! [`run`] takes its listener and its shutdown signal as arguments, so tests can bind
 //! `127.0.0.1:0` and stop it whenever they like.
+//!
+//! Resources are bounded so that no client can starve the others:
+//! - connections: at most `CAUSEWAY_MAX_CONNECTIONS`; a client must send its headers within
+//!   `CAUSEWAY_HEADER_TIMEOUT` (which also closes idle keep-alive connections);
+//! - API requests: at most `CAUSEWAY_MAX_REQUESTS` at once. A request takes a slot only after its
+//!   headers passed the guards (Host, Origin, token, content type), and gives it back when its
+//!   answer starts; a body must arrive within `CAUSEWAY_BODY_TIMEOUT`. A request that waits
+//!   longer than `CAUSEWAY_QUEUE_TIMEOUT` for a slot gets 503;
+//! - `/healthz` and `/readyz` never need a slot and skip the Host check (kubelet probes send the
+//!   pod's address), so they answer while every slot is taken.
+//!
+//! Guards against browsers: the `Host` must be a loopback name, the bind address or one of
+//! `CAUSEWAY_ALLOWED_HOSTS` (DNS rebinding), an `Origin` must be too, and writes must carry a
+//! JSON or CloudEvents content type (so no cross-site "simple" request can write).
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Instant};
 
@@ -23,13 +37,12 @@ use crate::{
 /// Serves HTTP on `listener` until `shutdown` completes, then lets open requests finish within
 /// the grace period.
 pub async fn run(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
-    // One permit per open connection: HTTP/1 serves one request at a time on a connection, so
-    // this also bounds the requests in progress, and a flood waits in the kernel's backlog
-    // instead of in our memory.
-    let connections = Arc::new(Semaphore::new(state.config.max_requests));
+    // One permit per open connection, so a flood waits in the kernel's backlog instead of in
+    // our memory. Requests in progress are bounded separately (see `guarded`).
+    let connections = Arc::new(Semaphore::new(state.config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(30));
+    http.timer(TokioTimer::new()).header_read_timeout(state.config.header_timeout);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -67,8 +80,8 @@ pub async fn run(listener: TcpListener, state: Arc<State>, shutdown: impl Future
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
-    let (route, result) = dispatch(&state, req).await;
-    let resp = match result {
+    let (route, result) = guarded(&state, req).await;
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             if e.status().is_server_error() {
@@ -77,6 +90,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
             error(&e)
         }
     };
+    // Nothing the API answers may be cached: it is live state.
+    resp.headers_mut().entry(http::header::CACHE_CONTROL).or_insert(http::HeaderValue::from_static("no-store"));
     let labels = vec![
         ("route", route.to_owned()),
         ("method", method.to_string()),
@@ -85,6 +100,62 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
     state.metrics.requests.get_or_create(&labels).inc();
     state.metrics.latency.get_or_create(&vec![("route", route.to_owned())]).observe(start.elapsed().as_secs_f64());
     Ok(resp)
+}
+
+/// The checks every API request passes before it may take a slot, then the slot, then the route.
+async fn guarded(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Result<Resp>) {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz") {
+        return dispatch(state, req).await;
+    }
+    if let Err(e) = browser_guard(state, &req) {
+        return ("forbidden", Err(e));
+    }
+    if path.starts_with("/v1/") || path == "/v1" {
+        if let Err(e) = authorized(state, &req) {
+            return ("unauthorized", Err(e));
+        }
+        if matches!(*req.method(), Method::POST | Method::PUT)
+            && let Err(e) = crate::http::require_write_type(req.headers())
+        {
+            return ("unsupported_media_type", Err(e));
+        }
+    }
+    if !path.starts_with("/v1") {
+        // Metrics and unknown paths need no slot.
+        return dispatch(state, req).await;
+    }
+    let slot = tokio::time::timeout(state.config.queue_timeout, state.requests.clone().acquire_owned()).await;
+    let Ok(Ok(_slot)) = slot else {
+        return (
+            "too_busy",
+            Err(Error::TooBusy(format!(
+                "{} requests are in progress, the most allowed (CAUSEWAY_MAX_REQUESTS); retry shortly",
+                state.config.max_requests
+            ))),
+        );
+    };
+    dispatch(state, req).await
+}
+
+/// `Host` and `Origin` must name this sidecar (DNS rebinding, cross-site pages).
+fn browser_guard(state: &State, req: &Request<Incoming>) -> Result<()> {
+    // HTTP/1.1 requires Host; an HTTP/1.0 client without one is not a browser.
+    if let Some(host) = req.headers().get(http::header::HOST) {
+        let host = host.to_str().unwrap_or("");
+        if !state.config.host_allowed(host) {
+            return Err(Error::ForbiddenHost(host.to_owned()));
+        }
+    }
+    if let Some(origin) = req.headers().get(http::header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        // `null` (sandboxed pages, file://) and any other site are refused.
+        let host = origin.split_once("://").map(|(_, h)| h.trim_end_matches('/')).unwrap_or("");
+        if host.is_empty() || !state.config.host_allowed(host) {
+            return Err(Error::ForbiddenOrigin(origin.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 fn allowed(method: &Method, ok: &[Method], allowed: &'static str) -> Result<()> {
@@ -109,11 +180,6 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let m = req.method().clone();
     use routes::*;
-    if segs.first() == Some(&"v1")
-        && let Err(e) = authorized(state, &req)
-    {
-        return ("unauthorized", Err(e));
-    }
     let seg = |i: usize| decode_segment(segs[i]);
     match segs.as_slice() {
         ["healthz"] => ("healthz", allowed(&m, &[Method::GET, Method::HEAD], "GET").map(|_| health::healthz())),
@@ -138,7 +204,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
             "figures",
             async {
                 allowed(&m, &[Method::GET], "GET")?;
-                stores::figures(state, &seg(2)?).await
+                stores::figures(state, &seg(2)?, &req).await
             }
             .await,
         ),
@@ -157,7 +223,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
             };
             match m {
                 Method::POST => ("append", stores::append(state, &store, &subject, req).await),
-                Method::GET => ("load", stores::load(state, &store, &subject, req.uri().query()).await),
+                Method::GET => ("load", stores::load(state, &store, &subject, &req).await),
                 _ => ("append", Err(Error::MethodNotAllowed { method: m.to_string(), allowed: "GET, POST" })),
             }
         }
@@ -173,7 +239,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
             "listeners",
             async {
                 allowed(&m, &[Method::GET], "GET")?;
-                listeners::list(state).await
+                listeners::list(state, &req).await
             }
             .await,
         ),
@@ -181,7 +247,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
             "fetch",
             async {
                 allowed(&m, &[Method::POST], "POST")?;
-                listeners::fetch(state, &seg(2)?, req.uri().query()).await
+                listeners::fetch(state, &seg(2)?, &req).await
             }
             .await,
         ),

@@ -523,9 +523,23 @@ async fn large_payloads_go_through_the_blob_store() {
     let events = load(&c, &sc, "orders", "big").await;
     assert_eq!(events[0]["payload"]["blob"].as_str().map(str::len), Some(big.len()));
     assert!(events[0].get("blob").is_none(), "the app never sees the reference");
+    // The stored envelope points at a blob of its own, which any object-store client can read
+    // back (the client checks the digest) and whose bytes are the payload as MessagePack.
     let js = async_nats::jetstream::new(server.client().await);
+    let stream = js.get_stream("CW_ES_shop_orders").await.unwrap();
+    let stored = stream.get_raw_message(a["sequence"].as_u64().unwrap()).await.unwrap();
+    let env = causeway_api::envelope::Envelope::decode(&stored.payload).unwrap();
+    let r = env.blob.expect("the envelope carries a blob reference");
+    assert!(r.name.starts_with(&format!("event/{}/", a["id"].as_str().unwrap())), "{}", r.name);
+    assert!(r.digest.as_deref().is_some_and(|d| d.starts_with("SHA-256=")), "{r:?}");
     let store = js.get_object_store("CW_BLOB_shop").await.expect("blob bucket");
-    assert!(store.info(a["id"].as_str().unwrap()).await.is_ok());
+    let info = store.info(&r.name).await.expect("the object exists");
+    assert_eq!((info.size as u64, info.digest.as_deref()), (r.size, r.digest.as_deref()));
+    let mut obj = store.get(&r.name).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut obj, &mut bytes).await.unwrap();
+    let v: Value = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(v["blob"].as_str().map(str::len), Some(big.len()));
     let (s, _) = post(&c, &sc.at("/v1/nodes/inventory/events"), &json!({"type": "big", "payload": big})).await;
     assert_eq!(s, 202);
 }

@@ -763,6 +763,7 @@ async fn a_no_wait_fetch_answers_even_when_the_consumer_is_at_max_ack_pending() 
         let t = std::time::Instant::now();
         let r = c
             .post(sc.at(&format!("/v1/listeners/capped/fetch?max={max}&waitMs=0")))
+            .header("content-type", "application/json")
             .timeout(Duration::from_secs(10))
             .send()
             .await

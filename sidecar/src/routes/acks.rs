@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
+    conditional::{Conditions, Support},
     error::{Error, Result},
     http::{Resp, json, parse_json, read_body, require_json},
     state::State,
@@ -23,18 +24,26 @@ struct AckEntry {
     delay_ms: Option<u64>,
 }
 
-/// True when `token` is an ack subject of one of this node's listeners.
-fn token_is_ours(state: &State, token: &str) -> bool {
-    let Some(rest) = token.strip_prefix("$JS.ACK.") else { return false };
-    let parts: Vec<&str> = rest.split('.').collect();
-    state.registry.own_listeners().iter().any(|l| parts.windows(2).any(|w| w[0] == l.stream && w[1] == l.consumer))
+/// The ack subject of a token this sidecar handed out for one of this node's listeners.
+fn ack_subject(state: &State, i: usize, token: &str) -> Result<String> {
+    let a = state.tokens.verify(token).map_err(|why| Error::InvalidAck(format!("ack [{i}]: {why}")))?;
+    let ours = state.registry.own_listeners().iter().any(|l| l.stream == a.stream && l.consumer == a.consumer);
+    if !ours {
+        return Err(Error::InvalidAck(format!(
+            "ack [{i}]: the token's listener ({}) is no longer one of this node's",
+            a.consumer
+        )));
+    }
+    Ok(a.subject)
 }
 
 /// Acks, naks or terminates fetched events. Every entry is checked before any is applied.
 pub async fn post(state: &State, req: Request<Incoming>) -> Result<Resp> {
     let (parts, body) = req.into_parts();
+    crate::http::Query::parse(parts.uri.query(), &[])?;
+    Conditions::parse(&parts.headers, Support::None, "acks take no condition")?;
     require_json(&parts.headers)?;
-    let body = read_body(&parts.headers, body, state.config.max_body).await?;
+    let body = read_body(&parts.headers, body, state.body_limits()).await?;
     let entries: Vec<AckEntry> = serde_json::from_value(parse_json(&body)?)
         .map_err(|e| Error::InvalidAck(format!("send a JSON array of {{\"token\",\"result\",\"delayMs\"?}}: {e}")))?;
     if entries.is_empty() || entries.len() > MAX_ACKS {
@@ -42,9 +51,7 @@ pub async fn post(state: &State, req: Request<Incoming>) -> Result<Resp> {
     }
     let mut planned = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        if !token_is_ours(state, &e.token) {
-            return Err(Error::InvalidAck(format!("ack [{i}]: the token is not one this node's fetch gave out")));
-        }
+        let subject = ack_subject(state, i, &e.token)?;
         let payload = match (e.result.as_str(), e.delay_ms) {
             ("ack", None) => "+ACK".to_owned(),
             ("term", None) => "+TERM".to_owned(),
@@ -57,12 +64,13 @@ pub async fn post(state: &State, req: Request<Incoming>) -> Result<Resp> {
                 return Err(Error::InvalidAck(format!("ack [{i}]: result {other:?} must be ack, nak or term")));
             }
         };
-        planned.push((e.token.clone(), payload));
+        planned.push((subject, payload));
     }
-    for (token, payload) in &planned {
+    state.link.connected(state.config.nats_wait).await?;
+    for (subject, payload) in &planned {
         state
             .client
-            .publish(token.clone(), payload.clone().into())
+            .publish(subject.clone(), payload.clone().into())
             .await
             .map_err(|e| Error::Unavailable(format!("NATS: {e}")))?;
     }

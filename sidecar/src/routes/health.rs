@@ -20,7 +20,10 @@ pub fn healthz() -> Resp {
 pub fn readyz(state: &State, query: Option<&str>) -> Resp {
     let nats = state.nats_connected();
     let registry = state.registry.is_synced();
-    let ignore_app = crate::http::Query::parse(query).get("app") == Some("ignore");
+    let ignore_app = match crate::http::Query::parse(query, &["app"]) {
+        Ok(q) => q.get("app") == Some("ignore"),
+        Err(e) => return crate::http::error(&e),
+    };
     let app_healthy = *state.app_healthy.borrow();
     let app_seen = *state.app_seen.borrow();
     let app_ok = ignore_app || app_healthy || !app_seen;
@@ -43,6 +46,7 @@ pub fn readyz(state: &State, query: Option<&str>) -> Resp {
 /// Prometheus metrics in the OpenMetrics text format.
 pub fn metrics(state: &State) -> Resp {
     state.metrics.nats_connected.set(state.nats_connected() as i64);
+    state.metrics.live_consumers.set(state.live.len() as i64);
     let mut r = Resp::new(full(state.metrics.render()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

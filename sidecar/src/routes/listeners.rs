@@ -2,16 +2,17 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::{AckKind, consumer::pull};
 use causeway_api::{crd::DeliveryMode, envelope::HEADER_TYPE, registry::ListenerRecord};
 use futures::StreamExt;
 use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
+    conditional::{Conditions, Support},
     error::{Error, Result},
+    event::{Decoded, decode_stored},
     http::{Query, Resp, json},
-    routes::stores::decode_stored,
     state::State,
 };
 
@@ -24,7 +25,10 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 const FETCH_GRACE: Duration = Duration::from_secs(1);
 
 /// This node's listeners, with their consumers' figures.
-pub async fn list(state: &State) -> Result<Resp> {
+pub async fn list(state: &State, req: &http::Request<hyper::body::Incoming>) -> Result<Resp> {
+    Query::parse(req.uri().query(), &[])?;
+    Conditions::parse(req.headers(), Support::None, "the listener list takes no condition")?;
+    state.registry.ready()?;
     let mut out = Vec::new();
     for l in state.registry.own_listeners() {
         let figures = match state.js.get_consumer_from_stream::<pull::Config, _, _>(&l.consumer, &l.stream).await {
@@ -64,8 +68,9 @@ fn describe(l: &ListenerRecord, figures: Value) -> Value {
 
 /// Pulls up to `max` events (waiting up to `waitMs` for the first), each with an `ackToken`
 /// for `POST /v1/acks`. Events whose type the listener does not want are acked and skipped.
-pub async fn fetch(state: &State, name: &str, query: Option<&str>) -> Result<Resp> {
-    let q = Query::parse(query);
+pub async fn fetch(state: &State, name: &str, req: &http::Request<hyper::body::Incoming>) -> Result<Resp> {
+    let q = Query::parse(req.uri().query(), &["max", "waitMs"])?;
+    Conditions::parse(req.headers(), Support::None, "a fetch takes no condition")?;
     let max = q.u64("max")?.unwrap_or(10);
     let wait_ms = q.u64("waitMs")?.unwrap_or(0);
     if max == 0 || max > MAX_FETCH {
@@ -78,6 +83,7 @@ pub async fn fetch(state: &State, name: &str, query: Option<&str>) -> Result<Res
     if l.delivery.mode != DeliveryMode::Pull {
         return Err(Error::NotPullListener(name.to_owned()));
     }
+    state.link.connected(state.config.nats_wait).await?;
     let consumer =
         state.js.get_consumer_from_stream::<pull::Config, _, _>(&l.consumer, &l.stream).await.map_err(|e| {
             Error::Unavailable(format!("consumer {} is not available ({e}); is the Listener reconciled?", l.consumer))
@@ -95,6 +101,7 @@ pub async fn fetch(state: &State, name: &str, query: Option<&str>) -> Result<Res
             .map_err(|e| unavailable(&e))?
     };
     let mut events = Vec::new();
+    let mut skipped = Vec::new();
     // JetStream can leave a pull unanswered (a no-wait fetch for more events than the consumer's
     // max_ack_pending lets out got neither events nor "no messages"), and a no-wait pull has no
     // client-side timer, so without a deadline the request hung until the client gave up.
@@ -114,15 +121,44 @@ pub async fn fetch(state: &State, name: &str, query: Option<&str>) -> Result<Res
         }
         let Ok(info) = m.info() else { continue };
         let (seq, attempt) = (info.stream_sequence, info.delivered);
-        let Some(token) = m.reply.as_ref().map(|r| r.to_string()) else { continue };
-        let (env, _) = decode_stored(state, &m.payload, &l.stream, seq).await?;
+        let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else { continue };
+        let env = match decode_stored(state, &m.payload, &l.stream, seq, None).await {
+            Ok(Decoded::Event(env, _)) => env,
+            Ok(Decoded::Skipped(error)) => {
+                // It can never be served: dead-letter it (if the listener has one) and let it go,
+                // as push delivery does, so it does not come back on every fetch.
+                state.metrics.undecodable("fetch");
+                if let Err(e) = crate::push::dead_letter(state, &l, None, &m, seq, attempt as u64, None, &error).await {
+                    tracing::warn!(listener = %l.meta.name, seq, error = %e, "dead letter failed; the event comes back later");
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                } else {
+                    let _ = m.ack_with(AckKind::Term).await;
+                }
+                skipped.push(json!({"sequence": seq, "error": error}));
+                continue;
+            }
+            Ok(Decoded::TooLarge) => unreachable!("no room limit is given"),
+            Err(e) => {
+                // Cannot be read now: give it back at once and answer with what is there.
+                tracing::warn!(listener = %l.meta.name, seq, error = %e, "fetch could not read an event; giving it back");
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+                if events.is_empty() {
+                    return Err(e);
+                }
+                break;
+            }
+        };
         state.causes.remember(&env);
         let mut v = crate::event::view_value(&env, &l.stream, seq);
         if let Value::Object(o) = &mut v {
-            o.insert("ackToken".into(), token.into());
+            o.insert("ackToken".into(), state.tokens.issue(&reply).into());
             o.insert("attempt".into(), attempt.into());
         }
         events.push(v);
     }
-    Ok(json(StatusCode::OK, &json!({ "events": events })))
+    let mut body = json!({ "events": events });
+    if !skipped.is_empty() {
+        body["skipped"] = json!(skipped);
+    }
+    Ok(json(StatusCode::OK, &body))
 }

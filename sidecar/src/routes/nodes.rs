@@ -5,9 +5,10 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
 use crate::{
+    conditional::{Conditions, Support},
     error::Result,
     event::{build, parse_request},
-    http::{Resp, json, read_body},
+    http::{Query, Resp, json, read_body},
     publish::{Outgoing, publish_batch, publish_one},
     state::State,
 };
@@ -16,9 +17,15 @@ use crate::{
 /// JetStream ack: `{"id","sequence","duplicate"}`, or an array of those for a batch.
 pub async fn send(state: &State, node: &str, req: Request<Incoming>) -> Result<Resp> {
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.config.max_body).await?;
+    Query::parse(parts.uri.query(), &[])?;
+    Conditions::parse(
+        &parts.headers,
+        Support::None,
+        "a send takes no condition (conditions apply to appends: POST /v1/stores/{store}/subjects/{subject}/events)",
+    )?;
+    let body = read_body(&parts.headers, body, state.body_limits()).await?;
     let (drafts, batch) = parse_request(&parts.headers, &body)?;
-    let target = state.registry.node(&state.js, node).await?;
+    let target = state.registry.node(&state.client, node).await?;
     let target_name = format!("{}/{}", target.meta.namespace, target.meta.name);
     let sender = state.sender();
     let outs: Vec<Outgoing> = drafts
@@ -29,6 +36,8 @@ pub async fn send(state: &State, node: &str, req: Request<Incoming>) -> Result<R
             let envelope = build(d, None, &state.causes, &state.clock, &sender, &target_name, &subject);
             Outgoing {
                 subject: naming::join_subject(&target.inbox_subject_prefix, &subject),
+                stream: target.inbox_stream.clone(),
+                prefix: target.inbox_subject_prefix.clone(),
                 envelope,
                 expected: None,
                 msg_id: None,

@@ -1,101 +1,171 @@
 //! Event stores: append with optimistic concurrency, load, and figures.
+//!
+//! A load reads with batched direct gets: no consumer is created (a stream holds at most 1,000,
+//! shared by listeners and live streams), and any replica may answer. An event that cannot be
+//! decoded (written by something else, or whose payload blob is gone) is skipped and reported in
+//! `skipped`, so one bad message never makes a store unreadable.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    self,
-    consumer::{AckPolicy, DeliverPolicy},
-};
+use async_nats::jetstream;
 use causeway_api::{
-    envelope::Envelope,
     names::{is_wildcard, validate_subject, validate_subject_pattern},
     naming,
 };
-use futures::StreamExt;
 use http::{Request, StatusCode, header};
 use hyper::body::Incoming;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
+    conditional::{Conditions, Support, Tags, Verdict},
     error::{Error, Result},
-    event::{build, parse_request, view_json},
-    http::{Query, Resp, etag, header_str, json, json_bytes, parse_etag, read_body},
-    publish::{Outgoing, publish_batch, publish_one},
+    event::{Decoded, build, decode_stored, parse_request},
+    http::{Query, Resp, etag, json, json_bytes, read_body},
+    nats::{direct_batch, resilient},
+    publish::{Ack, Outgoing, publish_batch, publish_one},
     state::State,
 };
 
 /// Most events one load answers (`limit` may ask for fewer).
 pub const MAX_LOAD_EVENTS: u64 = 10_000;
 const DEFAULT_LOAD_EVENTS: u64 = 1_000;
+/// Rounds of `If-Match: *` (the subject must hold events) before giving up under contention.
+const NONEMPTY_ROUNDS: usize = 8;
+
+const APPEND_PARAMS: &[&str] = &["expectedSequence"];
+const LOAD_PARAMS: &[&str] = &["after", "upTo", "limit"];
+
+/// What an append expects of its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Nothing.
+    Nothing,
+    /// This last sequence (0: empty).
+    Sequence(u64),
+    /// At least one event (`If-Match: *`).
+    NonEmpty,
+}
+
+fn expectation(conds: &Conditions, query: &Query) -> Result<Expect> {
+    let from_header = match (&conds.if_match, &conds.if_none_match) {
+        (None, None) => None,
+        (Some(t), None) => Some(match t {
+            Tags::Any => Expect::NonEmpty,
+            t => Expect::Sequence(t.single().ok_or_else(|| {
+                Error::InvalidHeader("If-Match on an append takes one sequence (or *), not a list".into())
+            })?),
+        }),
+        (None, Some(Tags::Any)) => Some(Expect::Sequence(0)),
+        (None, Some(_)) => {
+            return Err(Error::UnsupportedCondition {
+                header: "If-None-Match",
+                supported: "an append takes If-None-Match: * (the subject must be empty) or If-Match: \"<sequence>\"",
+            });
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidHeader("give If-Match or If-None-Match on an append, not both".into()));
+        }
+    };
+    let from_query = query.u64("expectedSequence")?.map(Expect::Sequence);
+    match (from_header, from_query) {
+        (Some(a), Some(b)) if a != b => Err(Error::InvalidQuery(format!(
+            "the conditional header ({a:?}) and expectedSequence ({b:?}) disagree; give one of them"
+        ))),
+        (a, b) => Ok(a.or(b).unwrap_or(Expect::Nothing)),
+    }
+}
 
 /// `POST /v1/stores/{store}/subjects/{subject}/events`: appends the body's event(s).
 ///
 /// `If-Match: "<seq>"` or `?expectedSequence=N` makes it conditional on the subject's last
-/// sequence (0: the subject must be empty); a mismatch answers 409 with `lastSequence`.
+/// sequence (0: the subject must be empty), `If-None-Match: *` means "must be empty" and
+/// `If-Match: *` "must hold events"; a mismatch answers 409 with `lastSequence`.
 pub async fn append(state: &State, store: &str, subject: &str, req: Request<Incoming>) -> Result<Resp> {
     validate_subject(subject)?;
     let (parts, body) = req.into_parts();
-    let query = Query::parse(parts.uri.query());
-    let from_header = header_str(&parts.headers, "if-match")?.map(|v| parse_etag("If-Match", v)).transpose()?;
-    let from_query = query.u64("expectedSequence")?;
-    let expected = match (from_header, from_query) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(Error::InvalidQuery(format!(
-                "If-Match ({a}) and expectedSequence ({b}) disagree; give one of them"
-            )));
-        }
-        (a, b) => a.or(b),
-    };
-    let body = read_body(&parts.headers, body, state.config.max_body).await?;
+    let query = Query::parse(parts.uri.query(), APPEND_PARAMS)?;
+    let conds = Conditions::parse(&parts.headers, Support::Tags, "")?;
+    let expect = expectation(&conds, &query)?;
+    let body = read_body(&parts.headers, body, state.body_limits()).await?;
     let (drafts, batch) = parse_request(&parts.headers, &body)?;
     let record = state.registry.store(store)?;
     let target = format!("{}/{}", record.meta.namespace, record.meta.name);
     let full_subject = naming::join_subject(&record.subject_prefix, subject);
     let sender = state.sender();
-    let outs: Vec<Outgoing> = drafts
-        .into_iter()
-        .enumerate()
-        .map(|(i, d)| Outgoing {
-            subject: full_subject.clone(),
-            envelope: build(d, None, &state.causes, &state.clock, &sender, &target, subject),
-            expected: if i == 0 { expected } else { None },
-            msg_id: None,
-        })
-        .collect();
-    let mut resp = if batch {
-        let acks = publish_batch(state, outs).await?;
-        state.metrics.written("append", acks.iter().all(|a| a.duplicate), acks.len() as u64);
-        let last = acks.last().map(|a| a.sequence).unwrap_or(0);
-        let mut r = json(StatusCode::ACCEPTED, &acks);
-        r.headers_mut().insert(header::ETAG, etag(last));
-        r
-    } else {
-        let ack = publish_one(state, outs.into_iter().next().expect("one event")).await?;
-        state.metrics.written("append", ack.duplicate, 1);
-        let mut r = json(StatusCode::ACCEPTED, &ack);
-        r.headers_mut().insert(header::ETAG, etag(ack.sequence));
-        r
+    let envelopes: Vec<_> =
+        drafts.into_iter().map(|d| build(d, None, &state.causes, &state.clock, &sender, &target, subject)).collect();
+    let publish = |expected: Option<u64>| {
+        let outs: Vec<Outgoing> = envelopes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Outgoing {
+                subject: full_subject.clone(),
+                stream: record.stream.clone(),
+                prefix: record.subject_prefix.clone(),
+                envelope: e.clone(),
+                expected: if i == 0 { expected } else { None },
+                msg_id: None,
+            })
+            .collect();
+        async move {
+            if batch {
+                publish_batch(state, outs).await
+            } else {
+                publish_one(state, outs.into_iter().next().expect("one event")).await.map(|a| vec![a])
+            }
+        }
     };
-    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
-    Ok(resp)
+    let acks: Vec<Ack> = match expect {
+        Expect::Nothing => publish(None).await?,
+        Expect::Sequence(n) => publish(Some(n)).await?,
+        Expect::NonEmpty => {
+            let mut result = Err(Error::SequenceConflict { last: 0 });
+            for _ in 0..NONEMPTY_ROUNDS {
+                let last = leader_last(state, &record.stream, &full_subject).await?;
+                if last == 0 {
+                    result = Err(Error::SequenceConflict { last: 0 });
+                    break;
+                }
+                result = publish(Some(last)).await;
+                if !matches!(result, Err(Error::SequenceConflict { last }) if last > 0) {
+                    break;
+                }
+            }
+            result?
+        }
+    };
+    state.metrics.written("append", acks.iter().all(|a| a.duplicate), acks.len() as u64);
+    let last = acks.last().map(|a| a.sequence).unwrap_or(0);
+    let mut r = if batch { json(StatusCode::ACCEPTED, &acks) } else { json(StatusCode::ACCEPTED, &acks[0]) };
+    r.headers_mut().insert(header::ETAG, etag(last));
+    Ok(r)
 }
 
-/// Decodes a stored message into the JSON an app sees, fetching a blob-stored payload and
-/// advancing the Lamport clock.
-pub async fn decode_stored(state: &State, payload: &[u8], stream: &str, seq: u64) -> Result<(Envelope, Vec<u8>)> {
-    let mut env = Envelope::decode(payload)
-        .map_err(|e| Error::Unavailable(format!("event at {stream}#{seq} is not a Causeway event: {e}")))?;
-    state.blobs.resolve(&mut env).await?;
-    state.clock.observe(env.lamport);
-    let v = view_json(&env, stream, seq);
-    Ok((env, v))
+/// The last sequence of `filter` (a subject or pattern) as the stream's leader says: 0 when none.
+async fn leader_last(state: &State, stream: &str, filter: &str) -> Result<u64> {
+    resilient(&state.link, state.config.nats_wait, || async {
+        let s = state.js.get_stream_no_info(stream).await.map_err(|e| stream_unavailable(stream, e))?;
+        match s.get_last_raw_message_by_subject(filter).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(stream_unavailable(stream, e)),
+        }
+    })
+    .await
 }
 
 /// `GET /v1/stores/{store}/subjects/{subject}/events?after=N&upTo=M&limit=L`: the events of a
-/// subject (or a pattern with `*` and `>`) in order, as `{"events","lastSequence","more"}`.
-pub async fn load(state: &State, store: &str, pattern: &str, query: Option<&str>) -> Result<Resp> {
+/// subject (or a pattern with `*` and `>`) in order, as `{"events","lastSequence","more"}`, plus
+/// `skipped` when some could not be decoded.
+pub async fn load(state: &State, store: &str, pattern: &str, req: &Request<Incoming>) -> Result<Resp> {
     validate_subject_pattern(pattern)?;
-    let q = Query::parse(query);
+    let q = Query::parse(req.uri().query(), LOAD_PARAMS)?;
+    let wildcard = is_wildcard(pattern);
+    let conds = Conditions::parse(
+        req.headers(),
+        if wildcard { Support::None } else { Support::Tags },
+        "conditions apply to one subject, not to a pattern",
+    )?;
     let after = q.u64("after")?.unwrap_or(0);
     let up_to = q.u64("upTo")?;
     let limit = q.u64("limit")?.unwrap_or(DEFAULT_LOAD_EVENTS);
@@ -104,29 +174,39 @@ pub async fn load(state: &State, store: &str, pattern: &str, query: Option<&str>
     }
     let record = state.registry.store(store)?;
     let filter = naming::join_subject(&record.subject_prefix, pattern);
-    let stream =
-        state.js.get_stream_no_info(&record.stream).await.map_err(|e| stream_unavailable(&record.stream, e))?;
 
-    // Where the matching events end, as the stream's leader says before we read. A load reads
-    // through an ephemeral consumer, which JetStream may place on a replica that is still catching
-    // up (a node that has just restarted); such a read ends early, and answering it would hide
-    // acknowledged events. Reading again finds them (or the answer is a 503 to retry).
-    let leader_last = match stream.get_last_raw_message_by_subject(&filter).await {
-        Ok(m) => m.sequence,
-        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
-        Err(e) => return Err(Error::Unavailable(format!("{}: {e}", record.stream))),
-    };
+    // Where the matching events end, as the stream's leader says before we read. Direct gets may
+    // be answered by a replica that is still catching up (a node that has just restarted); such a
+    // read ends early, and answering it would hide acknowledged events. Reading again finds them
+    // (or the answer is a 503 to retry).
+    let leader_last = leader_last(state, &record.stream, &filter).await?;
+    if !wildcard {
+        match conds.evaluate_subject(leader_last, true) {
+            Verdict::Proceed => {}
+            Verdict::NotModified => {
+                let mut r = crate::http::empty(StatusCode::NOT_MODIFIED);
+                r.headers_mut().insert(header::ETAG, etag(leader_last));
+                return Ok(r);
+            }
+            Verdict::Failed => {
+                return Err(Error::PreconditionFailed {
+                    message: format!("the subject's last sequence is {leader_last}, which If-Match does not name"),
+                    revision: Some(leader_last),
+                });
+            }
+        }
+    }
     let mut attempt = 0;
     let read = loop {
         let read = if up_to.is_none_or(|u| u > after) {
-            read_events(state, &stream, &record.stream, &filter, after, up_to, limit).await?
+            read_events(state, &record.stream, &filter, after, up_to, limit).await?
         } else {
             Read::default()
         };
         if read.more
             || read.past_up_to
             || read.last.unwrap_or(after) >= leader_last
-            || up_to.is_some_and(|u| u <= after)
+            || up_to.is_some_and(|u| u <= after || read.last.unwrap_or(after) >= u)
         {
             break read;
         }
@@ -140,11 +220,11 @@ pub async fn load(state: &State, store: &str, pattern: &str, query: Option<&str>
         tracing::debug!(stream = %record.stream, leader_last, seen = ?read.last, "load read a lagging replica; reading again");
         tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
     };
-    let Read { events, last: last_seq, more, bytes, .. } = read;
+    let Read { events, skipped, last: last_seq, more, bytes, .. } = read;
     let last_sequence = match last_seq {
         Some(s) => s,
         // Nothing after `after`: for one subject, say where it stands so an append can use it.
-        None if !is_wildcard(pattern) => match up_to {
+        None if !wildcard => match up_to {
             Some(u) if leader_last > u => after,
             _ => leader_last,
         },
@@ -158,9 +238,15 @@ pub async fn load(state: &State, store: &str, pattern: &str, query: Option<&str>
         }
         body.extend_from_slice(e);
     }
-    body.extend_from_slice(format!("],\"lastSequence\":{last_sequence},\"more\":{more}}}").as_bytes());
+    body.extend_from_slice(format!("],\"lastSequence\":{last_sequence},\"more\":{more}").as_bytes());
+    if !skipped.is_empty() {
+        body.extend_from_slice(b",\"skipped\":");
+        body.extend_from_slice(&serde_json::to_vec(&skipped).unwrap_or_else(|_| b"[]".to_vec()));
+    }
+    body.push(b'}');
     let mut r = json_bytes(StatusCode::OK, body);
-    if !is_wildcard(pattern) && !more {
+    // The ETag names the subject's state, so only an answer that reaches its end carries it.
+    if !wildcard && !more && last_sequence == leader_last {
         r.headers_mut().insert(header::ETAG, etag(last_sequence));
     }
     Ok(r)
@@ -174,7 +260,9 @@ const LOAD_ATTEMPTS: u64 = 4;
 struct Read {
     /// The events as the app sees them (JSON).
     events: Vec<Vec<u8>>,
-    /// Sequence of the last one.
+    /// Events that could not be decoded: `{"sequence","error"}`.
+    skipped: Vec<Value>,
+    /// Sequence of the last event read (decoded or skipped).
     last: Option<u64>,
     /// Cut by `limit` or the byte budget.
     more: bool,
@@ -184,81 +272,64 @@ struct Read {
     past_up_to: bool,
 }
 
-/// Reads the events matching `filter` after `after` (up to `up_to`) through an ephemeral consumer.
+/// Events fetched per direct get.
+const PAGE: u64 = 256;
+
+/// Reads the events matching `filter` after `after` (up to `up_to`) with batched direct gets.
 async fn read_events(
     state: &State,
-    stream: &jetstream::stream::Stream<()>,
-    stream_name: &str,
+    stream: &str,
     filter: &str,
     after: u64,
     up_to: Option<u64>,
     limit: u64,
 ) -> Result<Read> {
+    let budget = state.config.max_load_bytes;
     let mut read = Read::default();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            deliver_policy: if after == 0 {
-                DeliverPolicy::All
-            } else {
-                // Saturating: after=u64::MAX has nothing after it (a plain +1 panicked or wrapped to 0).
-                DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
-            },
-            filter_subject: filter.to_owned(),
-            ack_policy: AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            memory_storage: true,
-            ..Default::default()
+    // after=u64::MAX has nothing after it (a plain +1 panicked or wrapped to 0).
+    let Some(mut next) = after.checked_add(1) else { return Ok(read) };
+    'pages: loop {
+        let want = (limit - read.events.len() as u64 + 1).min(PAGE) as usize;
+        let page = resilient(&state.link, state.config.nats_wait, || {
+            direct_batch(&state.client, stream, filter, next, want, budget.saturating_sub(read.bytes).max(1))
         })
-        .await
-        .map_err(|e| stream_unavailable(stream_name, e))?;
-    let name = consumer.cached_info().name.clone();
-    let pending = consumer.cached_info().num_pending;
-    let result = async {
-        if pending == 0 {
-            return Ok(());
-        }
-        let batch = pending.min(limit + 1).min(256) as usize;
-        let mut msgs = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .messages()
-            .await
-            .map_err(|e| Error::Unavailable(format!("load from {stream_name}: {e}")))?;
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await;
-            let m = match next {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(Error::Unavailable(format!("load from {stream_name}: {e}"))),
-                Ok(None) => break,
-                Err(_) => return Err(Error::Timeout(format!("load from {stream_name} stalled"))),
-            };
-            let info = m.info().map_err(|e| Error::Unavailable(e.to_string()))?;
-            let (seq, left) = (info.stream_sequence, info.pending);
+        .await?;
+        let Some(last_in_page) = page.messages.last().map(|m| m.sequence) else { break };
+        for m in page.messages {
+            let seq = m.sequence;
             if up_to.is_some_and(|u| seq > u) {
                 read.past_up_to = true;
-                break;
+                break 'pages;
             }
-            if read.events.len() as u64 >= limit || read.bytes >= state.config.max_load_bytes {
+            if read.events.len() as u64 >= limit || (read.bytes >= budget && !read.events.is_empty()) {
                 read.more = true;
-                break;
+                break 'pages;
             }
-            let (_, v) = decode_stored(state, &m.payload, stream_name, seq).await?;
-            read.bytes += v.len();
-            read.events.push(v);
+            let room = (!read.events.is_empty()).then(|| budget.saturating_sub(read.bytes));
+            match decode_stored(state, &m.payload, stream, seq, room).await? {
+                Decoded::Event(_, v) => {
+                    read.bytes += v.len();
+                    read.events.push(v);
+                }
+                // Its blob alone would overflow the answer: it starts the next one.
+                Decoded::TooLarge if !read.events.is_empty() => {
+                    read.more = true;
+                    break 'pages;
+                }
+                Decoded::TooLarge => unreachable!("a budget is only given while the answer holds events"),
+                Decoded::Skipped(error) => {
+                    state.metrics.undecodable("load");
+                    read.skipped.push(json!({"sequence": seq, "error": error}));
+                }
+            }
             read.last = Some(seq);
-            if left == 0 {
-                break;
-            }
         }
-        Ok(())
+        if page.pending == 0 {
+            break;
+        }
+        next = last_in_page + 1;
     }
-    .await;
-    let js = state.js.clone();
-    let stream_name = stream_name.to_owned();
-    tokio::spawn(async move {
-        let _ = js.delete_consumer_from_stream(&name, &stream_name).await;
-    });
-    result.map(|()| read)
+    Ok(read)
 }
 
 fn stream_unavailable(stream: &str, e: impl std::fmt::Display) -> Error {
@@ -266,10 +337,16 @@ fn stream_unavailable(stream: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// `GET /v1/stores/{store}`: offsets and figures.
-pub async fn figures(state: &State, store: &str) -> Result<Resp> {
+pub async fn figures(state: &State, store: &str, req: &Request<Incoming>) -> Result<Resp> {
+    Query::parse(req.uri().query(), &[])?;
+    Conditions::parse(req.headers(), Support::None, "the figures of a store take no condition")?;
     let record = state.registry.store(store)?;
-    let mut stream = state.js.get_stream(&record.stream).await.map_err(|e| stream_unavailable(&record.stream, e))?;
-    let info = stream.info().await.map_err(|e| stream_unavailable(&record.stream, e))?;
+    let info = resilient(&state.link, state.config.nats_wait, || async {
+        let mut stream =
+            state.js.get_stream(&record.stream).await.map_err(|e| stream_unavailable(&record.stream, e))?;
+        stream.info().await.cloned().map_err(|e| stream_unavailable(&record.stream, e))
+    })
+    .await?;
     let s = &info.state;
     Ok(json(
         StatusCode::OK,
@@ -283,6 +360,7 @@ pub async fn figures(state: &State, store: &str) -> Result<Resp> {
             "bytes": s.bytes,
             "subjectCount": s.subjects_count,
             "consumers": s.consumer_count,
+            "maxConsumers": info.config.max_consumers,
         }),
     ))
 }
