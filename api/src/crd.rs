@@ -228,6 +228,13 @@ fn default_backoff() -> Vec<Duration> {
 fn default_max_in_flight() -> u32 {
     32
 }
+/// Consumers a stream may hold when its spec does not say: nats-server 2.15's own default, set
+/// explicitly because a stream's 0 or -1 now means "the server's default", whatever that is.
+pub const DEFAULT_MAX_CONSUMERS: i64 = 1000;
+
+fn default_max_consumers() -> i64 {
+    DEFAULT_MAX_CONSUMERS
+}
 fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)
 }
@@ -286,6 +293,12 @@ pub struct EventStoreSpec {
     /// Allow all-or-nothing batches of appends (default true).
     #[serde(default = "default_true")]
     pub allow_atomic_batch: bool,
+    /// Most consumers the stream may hold (default 1000, nats-server's own default). Listeners
+    /// on the store and every sidecar's open live streams count toward it; status reports the
+    /// use.
+    #[serde(default = "default_max_consumers")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_consumers: i64,
     /// Retain (default) keeps the stream when the EventStore is deleted; Delete removes it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -319,6 +332,12 @@ pub struct EventStoreStatus {
     /// Sequence of the last stored event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sequence: Option<u64>,
+    /// Consumers the stream holds now (listeners and live streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<u64>,
+    /// Most consumers it may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_consumers: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -443,6 +462,12 @@ pub struct NodeStatus {
     /// Sequence of the last event sent to the inbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sequence: Option<u64>,
+    /// Consumers the inbox holds now (its listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<u64>,
+    /// Most consumers it may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_consumers: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{config::Config, state::State};
 
+/// Time after the grace period for the last naks and the final flush to NATS.
+const TEARDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the sidecar on `listener` until `shutdown` turns true: the registry watch, the app's
 /// health check, push delivery and the HTTP server. Returns after in-flight work has finished
 /// or the grace period has passed, whatever NATS is doing.
@@ -48,14 +51,18 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
     let pushing = tokio::spawn(push::supervise(state.clone()));
     let clock = tokio::spawn(clock::keep(state.clone()));
     let mut stop = shutdown.clone();
-    let stopping = std::time::Instant::now();
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    let at = signalled.clone();
     server::run(listener, state.clone(), async move {
-        let _ = flag::until_true(&mut stop).await;
+        flag::until_true(&mut stop).await;
+        let _ = at.set(std::time::Instant::now());
     })
     .await;
-    // Everything below talks to NATS, which may be unreachable: it gets what is left of the
-    // grace period (and at least a second), never more.
-    let left = grace.saturating_sub(stopping.elapsed()).max(std::time::Duration::from_secs(1));
+    let stopping = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
+    // Push workers drain within the grace period (it started with the signal, as the server's
+    // did), then nak what is left. Everything here talks to NATS, which may be unreachable: it
+    // gets the grace period plus a little for those naks, never more.
+    let left = (grace + TEARDOWN_MARGIN).saturating_sub(stopping.elapsed());
     let teardown = async {
         let _ = pushing.await;
         let _ = registry.await;

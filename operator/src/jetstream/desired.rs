@@ -12,8 +12,8 @@ use async_nats::jetstream::{
 };
 use causeway_api::{
     DnsLabel,
-    crd::{self, Retention, RetentionKind, StartAt},
-    naming::{self, REGISTRY_BUCKET},
+    crd::{self, DEFAULT_MAX_CONSUMERS, Retention, RetentionKind, StartAt},
+    naming::{self, REGISTRY_BUCKET, REGISTRY_CHANGES_PREFIX},
     quantity::Duration,
     registry::{ListenerRecord, NodeRecord, StoreRecord},
 };
@@ -66,7 +66,8 @@ fn base(name: String, subjects: Vec<String>, description: String) -> stream::Con
         max_bytes: -1,
         max_messages: -1,
         max_messages_per_subject: -1,
-        max_consumers: -1,
+        // Explicit: nats-server 2.15 reads 0 or -1 as its own default (1,000).
+        max_consumers: DEFAULT_MAX_CONSUMERS as i32,
         max_message_size: -1,
         num_replicas: 1,
         // Direct get lets sidecars load events and KV entries from any replica.
@@ -96,6 +97,7 @@ pub fn store_stream(rec: &StoreRecord) -> stream::Config {
         crd::Compression::S2 => Compression::S2,
     });
     c.allow_atomic_publish = s.allow_atomic_batch;
+    c.max_consumers = s.max_consumers.clamp(1, i32::MAX as i64) as i32;
     c
 }
 
@@ -170,9 +172,18 @@ pub fn blob_store(ns: &DnsLabel, replicas: usize) -> stream::Config {
     c
 }
 
-/// The registry bucket that sidecars watch.
+/// The registry bucket that sidecars watch. It republishes every stored change to
+/// `cw._registry.<key>`, so sidecars follow it with a plain subscription instead of a consumer
+/// each (a stream holds at most 1,000).
 pub fn registry_kv(replicas: usize) -> stream::Config {
-    kv_stream(REGISTRY_BUCKET, "Causeway registry: resolved stores, nodes and listeners".into(), 1, None, replicas)
+    let mut c =
+        kv_stream(REGISTRY_BUCKET, "Causeway registry: resolved stores, nodes and listeners".into(), 1, None, replicas);
+    c.republish = Some(stream::Republish {
+        source: format!("$KV.{REGISTRY_BUCKET}.>"),
+        destination: format!("{REGISTRY_CHANGES_PREFIX}.>"),
+        headers_only: false,
+    });
+    c
 }
 
 /// JetStream's deliver policy for a start position.

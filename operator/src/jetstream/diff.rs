@@ -120,7 +120,19 @@ pub fn stream(cur: &stream::Config, want: &stream::Config) -> Vec<Change> {
     d.cmp("deny_delete", cur.deny_delete, want.deny_delete, |v| v.to_string(), false);
     d.cmp("deny_purge", cur.deny_purge, want.deny_purge, |v| v.to_string(), false);
     d.cmp("sealed", cur.sealed, want.sealed, |v| v.to_string(), false);
+    d.cmp(
+        "max_consumers",
+        norm_limit(cur.max_consumers as i64),
+        norm_limit(want.max_consumers as i64),
+        |v| lim(*v),
+        false,
+    );
+    d.cmp("republish", republish(cur), republish(want), |v| v.clone(), false);
     d.changes
+}
+
+fn republish(c: &stream::Config) -> String {
+    c.republish.as_ref().map(|r| format!("{} -> {}", r.source, r.destination)).unwrap_or_else(|| "none".into())
 }
 
 fn filters(c: &consumer::Config) -> Vec<String> {

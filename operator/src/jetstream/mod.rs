@@ -201,6 +201,10 @@ pub struct Figures {
     pub first_sequence: Option<u64>,
     /// Last sequence.
     pub last_sequence: Option<u64>,
+    /// Consumers the stream holds (stores, inboxes).
+    pub consumers: Option<u64>,
+    /// Most consumers it may hold.
+    pub max_consumers: Option<i64>,
     /// Consumer: not yet delivered.
     pub num_pending: Option<u64>,
     /// Consumer: delivered, not acked.
@@ -245,6 +249,7 @@ struct StreamResult {
     step: Step,
     changes: Vec<Change>,
     state: Option<stream::State>,
+    max_consumers: Option<i64>,
 }
 
 /// Talks to one JetStream account.
@@ -358,9 +363,10 @@ impl Reconciler {
 
         let mut figures = Figures::default();
         for (i, want) in streams.iter().enumerate() {
-            // The namespace's global and blob buckets are shared: created once, never reshaped.
-            let create_only = want.name.starts_with("KV_CW_GL_") || want.name.starts_with("OBJ_CW_BLOB_");
-            let r = self.ensure_stream(want, mode, create_only).await?;
+            // The namespace's global and blob buckets are shared: created once, then only the
+            // fields every Causeway depends on are kept.
+            let shared = want.name.starts_with("KV_CW_GL_") || want.name.starts_with("OBJ_CW_BLOB_");
+            let r = self.ensure_stream(want, mode, shared).await?;
             changes.extend(r.changes);
             if let Some(o) = stopped(&r.step, obj, &format!("stream {}", want.name), &changes, &figures) {
                 return Ok(o);
@@ -378,6 +384,8 @@ impl Reconciler {
                 figures.bytes = Some(s.bytes);
                 figures.first_sequence = Some(s.first_sequence);
                 figures.last_sequence = Some(s.last_sequence);
+                figures.consumers = Some(s.consumer_count as u64);
+                figures.max_consumers = r.max_consumers;
             }
         }
 
@@ -640,15 +648,24 @@ impl Reconciler {
         }
     }
 
-    async fn ensure_stream(&self, want: &stream::Config, mode: Mode, create_only: bool) -> Result<StreamResult> {
-        if create_only {
+    /// Creates or updates a stream. A `shared` stream (the registry, a namespace's global and
+    /// blob buckets) is checked at most every [`SHARED_RECHECK`], and once it exists only the
+    /// fields every Causeway depends on are corrected (see [`shared_fields`]): who created it
+    /// (and with how many replicas) is respected.
+    async fn ensure_stream(&self, want: &stream::Config, mode: Mode, shared: bool) -> Result<StreamResult> {
+        if shared {
             let fresh =
                 self.shared.lock().expect("shared lock").get(&want.name).is_some_and(|t| t.elapsed() < SHARED_RECHECK);
             if fresh {
-                return Ok(StreamResult { step: Step::Unchanged, changes: Vec::new(), state: None });
+                return Ok(StreamResult {
+                    step: Step::Unchanged,
+                    changes: Vec::new(),
+                    state: None,
+                    max_consumers: None,
+                });
             }
             let r = self.ensure_stream_now(want, mode, true).await?;
-            if matches!(r.step, Step::Unchanged | Step::Created) && mode == Mode::Apply {
+            if matches!(r.step, Step::Unchanged | Step::Created | Step::Updated) && mode == Mode::Apply {
                 self.shared.lock().expect("shared lock").insert(want.name.clone(), Instant::now());
             }
             return Ok(r);
@@ -656,20 +673,26 @@ impl Reconciler {
         self.ensure_stream_now(want, mode, false).await
     }
 
-    async fn ensure_stream_now(&self, want: &stream::Config, mode: Mode, create_only: bool) -> Result<StreamResult> {
+    async fn ensure_stream_now(&self, want: &stream::Config, mode: Mode, shared: bool) -> Result<StreamResult> {
+        let result = |step, changes, state: Option<stream::State>, config: Option<&stream::Config>| StreamResult {
+            step,
+            changes,
+            state,
+            max_consumers: config.map(|c| c.max_consumers as i64),
+        };
         let Some(stream) = self.get_stream(&want.name).await? else {
             if mode == Mode::DryRun {
-                return Ok(StreamResult { step: Step::Created, changes: Vec::new(), state: None });
+                return Ok(result(Step::Created, Vec::new(), None, Some(want)));
             }
             return match self.js.create_stream(want.clone()).await {
                 Ok(mut s) => {
                     info!(stream = %want.name, "created stream");
                     let state = s.info().await.ok().map(|i| i.state.clone());
-                    Ok(StreamResult { step: Step::Created, changes: Vec::new(), state })
+                    Ok(result(Step::Created, Vec::new(), state, Some(want)))
                 }
                 Err(e) => match e.kind() {
                     CreateStreamErrorKind::JetStream(j) => {
-                        Ok(StreamResult { step: Step::Rejected(j.to_string()), changes: Vec::new(), state: None })
+                        Ok(result(Step::Rejected(j.to_string()), Vec::new(), None, None))
                     }
                     _ => Err(Error::nats(format!("create stream {}", want.name))(e)),
                 },
@@ -677,32 +700,30 @@ impl Reconciler {
         };
         let info = stream.cached_info();
         let state = Some(info.state.clone());
-        if create_only {
-            return Ok(StreamResult { step: Step::Unchanged, changes: Vec::new(), state });
-        }
+        let want = if shared { &shared_fields(&info.config, want) } else { want };
         let changes = diff::stream(&info.config, want);
         if changes.is_empty() {
-            return Ok(StreamResult { step: Step::Unchanged, changes, state });
+            return Ok(result(Step::Unchanged, changes, state, Some(&info.config)));
         }
         if changes.iter().any(|c| c.immutable) {
-            return Ok(StreamResult { step: Step::Immutable, changes, state });
+            return Ok(result(Step::Immutable, changes, state, Some(&info.config)));
         }
         if mode == Mode::Apply {
             match self.js.update_stream(want.clone()).await {
-                Ok(info) => {
+                Ok(i) => {
                     info!(stream = %want.name, changes = changes.len(), "updated stream");
-                    return Ok(StreamResult { step: Step::Updated, changes, state: Some(info.state) });
+                    return Ok(result(Step::Updated, changes, Some(i.state.clone()), Some(&i.config)));
                 }
                 Err(e) => {
                     let msg = e.to_string();
                     if matches!(e.kind(), async_nats::jetstream::context::UpdateStreamErrorKind::JetStream(_)) {
-                        return Ok(StreamResult { step: Step::Rejected(msg), changes, state });
+                        return Ok(result(Step::Rejected(msg), changes, state, Some(&info.config)));
                     }
                     return Err(Error::nats(format!("update stream {}", want.name))(e));
                 }
             }
         }
-        Ok(StreamResult { step: Step::Updated, changes, state })
+        Ok(result(Step::Updated, changes, state, Some(want)))
     }
 
     async fn ensure_consumer(
@@ -754,6 +775,17 @@ impl Reconciler {
         }
         Ok((Step::Updated, changes, Some(info)))
     }
+}
+
+/// A shared stream as it is, with the fields every Causeway depends on set as `want` says:
+/// its consumer cap, direct gets (loads and the registry read with them) and the registry's
+/// change feed.
+fn shared_fields(current: &stream::Config, want: &stream::Config) -> stream::Config {
+    let mut c = current.clone();
+    c.max_consumers = want.max_consumers;
+    c.allow_direct = want.allow_direct;
+    c.republish = want.republish.clone();
+    c
 }
 
 fn join(errs: &[FieldError]) -> String {
