@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use causeway_api::envelope::Envelope;
 use causeway_tests::{NatsServer, eventually};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use support::*;
 
@@ -49,14 +49,6 @@ fn big(mark: u32) -> Value {
 
 fn append_url(sc: &Sidecar, store: &str, subject: &str) -> String {
     sc.at(&format!("/v1/stores/{store}/subjects/{subject}/events"))
-}
-
-/// Names of the live objects in the namespace's blob store.
-async fn blob_names(server: &NatsServer) -> Vec<String> {
-    let js = jetstream::new(server.client().await);
-    let store = js.get_object_store("CW_BLOB_shop").await.expect("blob store");
-    let list: Vec<_> = store.list().await.unwrap().try_collect().await.unwrap();
-    list.into_iter().filter(|o| !o.deleted).map(|o| o.name).collect()
 }
 
 fn count_with_prefix(names: &[String], prefix: &str) -> usize {
@@ -109,7 +101,7 @@ async fn blob_payloads_never_change_and_refused_requests_leave_no_blob() {
         "orders keeps its first payload"
     );
     assert_eq!(marks(&c, &sc, "archive", "a").await, vec![("e1".to_owned(), json!(6))]);
-    let names = blob_names(&server).await;
+    let names = blob_names(&server, "shop").await;
     assert_eq!(count_with_prefix(&names, "event/e1/"), 2, "one blob per stored event: {names:?}");
     assert_eq!(names.len(), 2, "refused and duplicate requests left no blob: {names:?}");
 }
@@ -309,7 +301,7 @@ async fn large_kv_values_round_trip_and_replaced_values_leave_no_blob() {
     let rev1 = r.headers()["etag"].to_str().unwrap().to_owned();
     let (s, v) = get(&c, &kv).await;
     assert_eq!((s, &v), (200, &big(1)));
-    let blobs = || async { count_with_prefix(&blob_names(&server).await, "kv/CW_GL_shop/doc/") };
+    let blobs = || async { count_with_prefix(&blob_names(&server, "shop").await, "kv/CW_GL_shop/doc/") };
     assert_eq!(blobs().await, 1);
     // A refused compare-and-set stores nothing and leaves no blob.
     let r = c.put(&kv).header("if-match", "\"999\"").json(&big(2)).send().await.unwrap();

@@ -285,3 +285,28 @@ pub fn assert_error(got: (u16, Value), status: u16, code: &str) {
     assert_eq!(got.1["error"], code, "{}", got.1);
     assert!(got.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", got.1);
 }
+
+/// Names of the live objects in a namespace's blob store, read with direct gets (the object
+/// store client's `list` opens a consumer per call, and a stream holds at most 1,000).
+pub async fn blob_names(server: &NatsServer, ns: &str) -> Vec<String> {
+    let client = server.client().await;
+    let stream = format!("OBJ_CW_BLOB_{ns}");
+    let mut names = Vec::new();
+    let mut next = 1;
+    loop {
+        let b =
+            causeway_sidecar::nats::direct_batch(&client, &stream, &format!("$O.CW_BLOB_{ns}.M.>"), next, 256, 1 << 20)
+                .await
+                .expect("read the blob store");
+        for m in &b.messages {
+            let meta: Value = serde_json::from_slice(&m.payload).expect("object metadata");
+            if meta["deleted"] != true {
+                names.push(meta["name"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        match b.messages.last() {
+            Some(last) if b.pending > 0 => next = last.sequence + 1,
+            _ => return names,
+        }
+    }
+}
