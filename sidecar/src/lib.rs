@@ -75,9 +75,14 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
     let _ = registry.await;
     let _ = health.await;
     let _ = clock.await;
-    let _ = state.client.flush().await;
+    // Bounded: with NATS gone (e.g. stopped at the same moment as the sidecar), a flush waits
+    // for a reconnect that may never come, and the sidecar would never exit.
+    let _ = tokio::time::timeout(FINAL_FLUSH, state.client.flush()).await;
     Ok(())
 }
+
+/// How long the last flush before exit may take.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Turns SIGTERM and SIGINT into the shutdown signal.
 pub fn shutdown_on_signals() -> watch::Receiver<bool> {
