@@ -20,7 +20,7 @@ use causeway_operator::{
 use clap::Args;
 use tokio::process::{Child, Command};
 
-use crate::{EXIT_INVALID, EXIT_NOT_READY};
+use crate::{EXIT_INVALID, EXIT_NOT_READY, say};
 
 /// Annotation on a Node: reply rules for its demo app, `TYPE=NODE:NEWTYPE,...`.
 pub const DEMO_REPLY_ANNOTATION: &str = "causeway.dev/demo-reply";
@@ -54,12 +54,6 @@ pub struct DevArgs {
     pub resync: quantity::Duration,
 }
 
-/// Prints a line; a closed stdout (the terminal went away) must not stop the environment.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout(), "{line}");
-}
-
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -90,6 +84,36 @@ async fn stop_all(mut procs: Vec<Proc>) {
                 let _ = p.child.kill().await;
             }
         }
+    }
+}
+
+/// One resync: the batch check, then an apply that prints only what changed or is not ready.
+async fn resync_once(reconciler: &Reconciler, objects: &[Loaded]) {
+    match manifest::check_batch(reconciler, objects).await {
+        Ok(errs) if !errs.is_empty() => {
+            for e in &errs {
+                eprintln!("error: {e}");
+            }
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: resync: {e}");
+            return;
+        }
+    }
+    let applied = local::apply_each(reconciler, objects, Options::default(), |l| {
+        let changed = match &l.result {
+            LineResult::Applied(o) => o.action != Action::Unchanged || !o.readiness.ready,
+            _ => true,
+        };
+        if changed {
+            say(&format!("resync: {l}"));
+        }
+    })
+    .await;
+    if let Err(e) = applied {
+        eprintln!("error: resync: {e}");
     }
 }
 
@@ -225,13 +249,20 @@ pub async fn run(a: DevArgs) -> ExitCode {
         a.monitor_port,
         store.display()
     );
-    match local::apply(&reconciler, &objects, Options::default()).await {
-        Ok(report) => {
-            for l in &report.lines {
-                println!("  {l}");
+    match manifest::check_batch(&reconciler, &objects).await {
+        Ok(errs) if !errs.is_empty() => {
+            for e in &errs {
+                eprintln!("error: {e}");
             }
+            eprintln!("{} invalid manifest problem(s); nothing was applied", errs.len());
+            stop_all(procs).await;
+            return ExitCode::from(EXIT_INVALID);
         }
-        Err(e) => eprintln!("error: apply failed: {e}"),
+        Ok(_) => {}
+        Err(e) => eprintln!("error: cannot check the manifests against the registry: {e}"),
+    }
+    if let Err(e) = local::apply_each(&reconciler, &objects, Options::default(), |l| say(&format!("  {l}"))).await {
+        eprintln!("error: apply failed: {e}");
     }
 
     let nodes: Vec<(&Loaded, &NodeSpec)> = objects
@@ -324,15 +355,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
                 // Re-read the manifests so edits are picked up; invalid edits are reported and skipped.
                 let (objs, errs) = manifest::load(&a.paths);
                 for e in &errs { eprintln!("error: {e}"); }
-                if errs.is_empty() && let Ok(report) = local::apply(&reconciler, &objs, Options::default()).await {
-                    for l in &report.lines {
-                        let changed = match &l.result {
-                            LineResult::Applied(o) => o.action != Action::Unchanged || !o.readiness.ready,
-                            _ => true,
-                        };
-                        if changed { say(&format!("resync: {l}")); }
-                    }
-                }
+                if errs.is_empty() { resync_once(&reconciler, &objs).await; }
             }
         }
     }

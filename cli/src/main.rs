@@ -15,6 +15,15 @@ pub const EXIT_INVALID: u8 = 2;
 /// Exit code when something was not applied or is not ready.
 pub const EXIT_NOT_READY: u8 = 1;
 
+/// Prints a line on stdout now (flushed), so whoever watches, or a run that is killed later,
+/// sees it. A closed stdout (the terminal went away, `| head`) must not stop the work half-way.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Causeway: a unified event space on NATS JetStream.
 #[derive(Debug, Parser)]
 #[command(name = "causeway", version, about, long_about = None)]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use async_nats::jetstream;
-use causeway_tests::{TempDir, bin, examples_dir, free_port};
+use causeway_tests::{TempDir, bin, examples_dir, free_port, write_file};
 
 struct Dev {
     child: Child,
@@ -144,4 +144,38 @@ fn dev_refuses_a_busy_port_with_a_clear_message() {
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains(&format!("port {port} is in use")) && r.stderr.contains("--nats-port"), "{}", r.stderr);
+}
+
+#[test]
+fn dev_refuses_a_listener_its_node_cannot_serve_and_stops_its_server() {
+    let manifests = TempDir::new("cw-dev-manifests");
+    let f = write_file(
+        &manifests,
+        "bad.yaml",
+        "apiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata: {name: inv, namespace: bad}\nspec:\n  delivery: {ackWait: 5s}\n---\napiVersion: causeway.dev/v1alpha1\nkind: Listener\nmetadata: {name: slow, namespace: bad}\nspec:\n  node: inv\n  source: {inbox: inv}\n",
+    );
+    let data = TempDir::new("cw-dev");
+    let nats = free_port();
+    let r = causeway_tests::causeway(&[
+        "dev",
+        "-f",
+        &manifests.path().display().to_string(),
+        "--data",
+        &data.path().display().to_string(),
+        "--nats-port",
+        &nats.to_string(),
+        "--monitor-port",
+        &free_port().to_string(),
+        "--no-demo-apps",
+    ]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "{f}: document 2 (Listener bad/slow): spec.delivery.timeout: push timeout 10s must be shorter than ackWait 5s"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("created"), "nothing is applied: {}", r.stdout);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", nats)).is_err(), "its nats-server is stopped");
 }
