@@ -3,7 +3,7 @@
 //! Starts a nats-server (JetStream on file storage under `./.causeway`, `sync_interval: always`),
 //! applies `examples/`, starts one sidecar per Node and a demo app per Node that has an app
 //! port, prints where everything listens, re-applies periodically (drift correction), and stops
-//! everything cleanly on Ctrl-C.
+//! everything cleanly on Ctrl-C or SIGTERM: apps and sidecars first, the server last.
 
 use std::{
     path::{Path, PathBuf},
@@ -20,7 +20,7 @@ use causeway_operator::{
 use clap::Args;
 use tokio::process::{Child, Command};
 
-use crate::{EXIT_INVALID, EXIT_NOT_READY, say};
+use crate::{EXIT_INVALID, EXIT_NOT_READY, say, signal::shutdown_signal};
 
 /// Annotation on a Node: reply rules for its demo app, `TYPE=NODE:NEWTYPE,...`.
 pub const DEMO_REPLY_ANNOTATION: &str = "causeway.dev/demo-reply";
@@ -52,16 +52,6 @@ pub struct DevArgs {
     /// How often to re-apply the manifests (restores objects changed behind Causeway's back).
     #[arg(long, default_value = "30s")]
     pub resync: quantity::Duration,
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 struct Proc {
@@ -172,6 +162,8 @@ async fn wait_for_port(port: u16, within: Duration) -> bool {
 }
 
 pub async fn run(a: DevArgs) -> ExitCode {
+    // From here on Ctrl-C and SIGTERM are caught: they stop the environment once it is up.
+    let shutdown = shutdown_signal();
     let (objects, errs) = manifest::load(&a.paths);
     if !errs.is_empty() {
         for e in &errs {
@@ -348,9 +340,12 @@ pub async fn run(a: DevArgs) -> ExitCode {
     let resync = a.resync.get().max(Duration::from_secs(1));
     let mut tick = tokio::time::interval(resync);
     tick.tick().await;
+    // One shutdown future for the whole run: a signal that came during start-up or a resync
+    // is kept, not lost with a future dropped at the end of a select.
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut shutdown => break,
             _ = tick.tick() => {
                 // Re-read the manifests so edits are picked up; invalid edits are reported and skipped.
                 let (objs, errs) = manifest::load(&a.paths);

@@ -5,6 +5,7 @@ mod apply;
 mod demo_app;
 mod dev;
 mod nats;
+mod signal;
 
 use std::{path::PathBuf, process::ExitCode};
 
