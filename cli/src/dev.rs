@@ -3,7 +3,9 @@
 //! Starts a nats-server (JetStream on file storage under `./.causeway`, `sync_interval: always`),
 //! applies `examples/`, starts one sidecar per Node and a demo app per Node that has an app
 //! port, prints where everything listens, re-applies periodically (drift correction), and stops
-//! everything cleanly on Ctrl-C or SIGTERM: apps and sidecars first, the server last.
+//! everything cleanly on Ctrl-C or SIGTERM: apps and sidecars first, the server last. Its
+//! children are tethered (see `tether.rs`): if `causeway dev` is killed outright, they get
+//! SIGTERM and stop cleanly too.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,9 +20,9 @@ use causeway_operator::{
     manifest::{self, Loaded},
 };
 use clap::Args;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::{EXIT_INVALID, EXIT_NOT_READY, say, signal::shutdown_signal};
+use crate::{EXIT_INVALID, EXIT_NOT_READY, say, signal::shutdown_signal, tether};
 
 /// Annotation on a Node: reply rules for its demo app, `TYPE=NODE:NEWTYPE,...`.
 pub const DEMO_REPLY_ANNOTATION: &str = "causeway.dev/demo-reply";
@@ -174,6 +176,14 @@ pub async fn run(a: DevArgs) -> ExitCode {
         }
         return ExitCode::from(EXIT_INVALID);
     }
+    // Every child is started through this binary's `__child`, so it dies with us.
+    let causeway = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot find the causeway binary itself: {e}");
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+    };
     let (server, version) = match find_nats_server(a.nats_server.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -207,7 +217,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
     }
     let mut procs = Vec::new();
     let log_file = |name: &str| std::fs::File::create(logs.join(name)).map(Stdio::from).unwrap_or(Stdio::null());
-    match Command::new(&server)
+    match tether::command(&causeway, &server)
         .arg("-c")
         .arg(&conf)
         .stdout(log_file("nats-server.log"))
@@ -271,7 +281,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
         let port = a.sidecar_port + i as u16;
         let mut line = format!("  sidecar {:<16} http://127.0.0.1:{port}", format!("{ns}/{name}"));
         if let Some(bin) = &sidecar {
-            let mut cmd = Command::new(bin);
+            let mut cmd = tether::command(&causeway, bin);
             cmd.env("CAUSEWAY_NODE", name.as_str())
                 .env("CAUSEWAY_NAMESPACE", ns.as_str())
                 .env("CAUSEWAY_NATS_URL", &url)
@@ -293,7 +303,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
             line.push_str(&format!("  -> app 127.0.0.1:{app_port}"));
             if !a.no_demo_apps {
                 let rules = l.annotations.get(DEMO_REPLY_ANNOTATION).cloned().unwrap_or_default();
-                let mut cmd = Command::new(std::env::current_exe().unwrap_or_else(|_| "causeway".into()));
+                let mut cmd = tether::command(&causeway, &causeway);
                 cmd.args(["demo-app", "--name", &format!("{ns}/{name}"), "--port", &app_port.to_string()]);
                 match crate::demo_app::parse_rules(&rules) {
                     Ok(rs) => {
