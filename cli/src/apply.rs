@@ -10,7 +10,7 @@ use causeway_operator::{
 };
 use clap::Args;
 
-use crate::{EXIT_INVALID, EXIT_NOT_READY, nats::NatsArgs};
+use crate::{EXIT_INVALID, EXIT_NOT_READY, nats::NatsArgs, say};
 
 /// Flags of `causeway apply`.
 #[derive(Debug, Args)]
@@ -37,14 +37,12 @@ pub struct ApplyArgs {
     pub nats: NatsArgs,
 }
 
+/// Validates everything (each document, then the rules between objects), then applies,
+/// printing each object's line as soon as it is done.
 pub async fn run(a: ApplyArgs) -> ExitCode {
     let (objects, errs) = manifest::load(&a.paths);
     if !errs.is_empty() {
-        for e in &errs {
-            eprintln!("error: {e}");
-        }
-        eprintln!("{} invalid manifest problem(s); nothing was applied", errs.len());
-        return ExitCode::from(EXIT_INVALID);
+        return invalid(&errs);
     }
     if objects.is_empty() {
         eprintln!(
@@ -66,18 +64,35 @@ pub async fn run(a: ApplyArgs) -> ExitCode {
     }
     let replicas = a.registry_replicas.unwrap_or_else(|| default_shared_replicas(&client.server_info()));
     let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY).with_registry_replicas(replicas);
-    let report = match local::apply(&reconciler, &objects, Options { dry_run: a.dry_run, prune: a.prune }).await {
+    // Rules between objects (a listener against its node) are checked for the whole batch
+    // before the first write, so a bad pair cannot fail an apply half-way.
+    match manifest::check_batch(&reconciler, &objects).await {
+        Ok(errs) if !errs.is_empty() => return invalid(&errs),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+    }
+    let opts = Options { dry_run: a.dry_run, prune: a.prune };
+    let report = match local::apply_each(&reconciler, &objects, opts, |line| say(&line.to_string())).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_NOT_READY);
         }
     };
-    for line in &report.lines {
-        println!("{line}");
-    }
     let _ = client.flush().await;
     if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_READY) }
+}
+
+/// Reports invalid manifests: nothing was applied.
+fn invalid(errs: &[manifest::ManifestError]) -> ExitCode {
+    for e in errs {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} invalid manifest problem(s); nothing was applied", errs.len());
+    ExitCode::from(EXIT_INVALID)
 }
 
 fn replicas(s: &str) -> Result<usize, String> {

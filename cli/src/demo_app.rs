@@ -84,6 +84,8 @@ async fn handle(args: Arc<DemoAppArgs>, req: Request<Incoming>) -> Result<Respon
 }
 
 pub async fn run(args: DemoAppArgs) -> ExitCode {
+    let shutdown = crate::signal::shutdown_signal();
+    tokio::pin!(shutdown);
     let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -103,7 +105,7 @@ pub async fn run(args: DemoAppArgs) -> ExitCode {
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
-            _ = crate::dev::shutdown_signal() => return ExitCode::SUCCESS,
+            _ = &mut shutdown => return ExitCode::SUCCESS,
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Starts a nats-server (JetStream on file storage under `./.causeway`, `sync_interval: always`),
 //! applies `examples/`, starts one sidecar per Node and a demo app per Node that has an app
 //! port, prints where everything listens, re-applies periodically (drift correction), and stops
-//! everything cleanly on Ctrl-C.
+//! everything cleanly on Ctrl-C or SIGTERM: apps and sidecars first, the server last. Its
+//! children are tethered (see `tether.rs`): if `causeway dev` is killed outright, they get
+//! SIGTERM and stop cleanly too.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,9 +20,9 @@ use causeway_operator::{
     manifest::{self, Loaded},
 };
 use clap::Args;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::{EXIT_INVALID, EXIT_NOT_READY};
+use crate::{EXIT_INVALID, EXIT_NOT_READY, say, signal::shutdown_signal, tether};
 
 /// Annotation on a Node: reply rules for its demo app, `TYPE=NODE:NEWTYPE,...`.
 pub const DEMO_REPLY_ANNOTATION: &str = "causeway.dev/demo-reply";
@@ -54,22 +56,6 @@ pub struct DevArgs {
     pub resync: quantity::Duration,
 }
 
-/// Prints a line; a closed stdout (the terminal went away) must not stop the environment.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout(), "{line}");
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 struct Proc {
     what: String,
     child: Child,
@@ -90,6 +76,36 @@ async fn stop_all(mut procs: Vec<Proc>) {
                 let _ = p.child.kill().await;
             }
         }
+    }
+}
+
+/// One resync: the batch check, then an apply that prints only what changed or is not ready.
+async fn resync_once(reconciler: &Reconciler, objects: &[Loaded]) {
+    match manifest::check_batch(reconciler, objects).await {
+        Ok(errs) if !errs.is_empty() => {
+            for e in &errs {
+                eprintln!("error: {e}");
+            }
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: resync: {e}");
+            return;
+        }
+    }
+    let applied = local::apply_each(reconciler, objects, Options::default(), |l| {
+        let changed = match &l.result {
+            LineResult::Applied(o) => o.action != Action::Unchanged || !o.readiness.ready,
+            _ => true,
+        };
+        if changed {
+            say(&format!("resync: {l}"));
+        }
+    })
+    .await;
+    if let Err(e) = applied {
+        eprintln!("error: resync: {e}");
     }
 }
 
@@ -148,6 +164,8 @@ async fn wait_for_port(port: u16, within: Duration) -> bool {
 }
 
 pub async fn run(a: DevArgs) -> ExitCode {
+    // From here on Ctrl-C and SIGTERM are caught: they stop the environment once it is up.
+    let shutdown = shutdown_signal();
     let (objects, errs) = manifest::load(&a.paths);
     if !errs.is_empty() {
         for e in &errs {
@@ -158,6 +176,14 @@ pub async fn run(a: DevArgs) -> ExitCode {
         }
         return ExitCode::from(EXIT_INVALID);
     }
+    // Every child is started through this binary's `__child`, so it dies with us.
+    let causeway = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot find the causeway binary itself: {e}");
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+    };
     let (server, version) = match find_nats_server(a.nats_server.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -191,7 +217,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
     }
     let mut procs = Vec::new();
     let log_file = |name: &str| std::fs::File::create(logs.join(name)).map(Stdio::from).unwrap_or(Stdio::null());
-    match Command::new(&server)
+    match tether::command(&causeway, &server)
         .arg("-c")
         .arg(&conf)
         .stdout(log_file("nats-server.log"))
@@ -225,13 +251,20 @@ pub async fn run(a: DevArgs) -> ExitCode {
         a.monitor_port,
         store.display()
     );
-    match local::apply(&reconciler, &objects, Options::default()).await {
-        Ok(report) => {
-            for l in &report.lines {
-                println!("  {l}");
+    match manifest::check_batch(&reconciler, &objects).await {
+        Ok(errs) if !errs.is_empty() => {
+            for e in &errs {
+                eprintln!("error: {e}");
             }
+            eprintln!("{} invalid manifest problem(s); nothing was applied", errs.len());
+            stop_all(procs).await;
+            return ExitCode::from(EXIT_INVALID);
         }
-        Err(e) => eprintln!("error: apply failed: {e}"),
+        Ok(_) => {}
+        Err(e) => eprintln!("error: cannot check the manifests against the registry: {e}"),
+    }
+    if let Err(e) = local::apply_each(&reconciler, &objects, Options::default(), |l| say(&format!("  {l}"))).await {
+        eprintln!("error: apply failed: {e}");
     }
 
     let nodes: Vec<(&Loaded, &NodeSpec)> = objects
@@ -248,7 +281,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
         let port = a.sidecar_port + i as u16;
         let mut line = format!("  sidecar {:<16} http://127.0.0.1:{port}", format!("{ns}/{name}"));
         if let Some(bin) = &sidecar {
-            let mut cmd = Command::new(bin);
+            let mut cmd = tether::command(&causeway, bin);
             cmd.env("CAUSEWAY_NODE", name.as_str())
                 .env("CAUSEWAY_NAMESPACE", ns.as_str())
                 .env("CAUSEWAY_NATS_URL", &url)
@@ -270,7 +303,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
             line.push_str(&format!("  -> app 127.0.0.1:{app_port}"));
             if !a.no_demo_apps {
                 let rules = l.annotations.get(DEMO_REPLY_ANNOTATION).cloned().unwrap_or_default();
-                let mut cmd = Command::new(std::env::current_exe().unwrap_or_else(|_| "causeway".into()));
+                let mut cmd = tether::command(&causeway, &causeway);
                 cmd.args(["demo-app", "--name", &format!("{ns}/{name}"), "--port", &app_port.to_string()]);
                 match crate::demo_app::parse_rules(&rules) {
                     Ok(rs) => {
@@ -317,22 +350,17 @@ pub async fn run(a: DevArgs) -> ExitCode {
     let resync = a.resync.get().max(Duration::from_secs(1));
     let mut tick = tokio::time::interval(resync);
     tick.tick().await;
+    // One shutdown future for the whole run: a signal that came during start-up or a resync
+    // is kept, not lost with a future dropped at the end of a select.
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut shutdown => break,
             _ = tick.tick() => {
                 // Re-read the manifests so edits are picked up; invalid edits are reported and skipped.
                 let (objs, errs) = manifest::load(&a.paths);
                 for e in &errs { eprintln!("error: {e}"); }
-                if errs.is_empty() && let Ok(report) = local::apply(&reconciler, &objs, Options::default()).await {
-                    for l in &report.lines {
-                        let changed = match &l.result {
-                            LineResult::Applied(o) => o.action != Action::Unchanged || !o.readiness.ready,
-                            _ => true,
-                        };
-                        if changed { say(&format!("resync: {l}")); }
-                    }
-                }
+                if errs.is_empty() { resync_once(&reconciler, &objs).await; }
             }
         }
     }

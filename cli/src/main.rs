@@ -5,6 +5,8 @@ mod apply;
 mod demo_app;
 mod dev;
 mod nats;
+mod signal;
+mod tether;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -14,6 +16,15 @@ use clap::{Parser, Subcommand};
 pub const EXIT_INVALID: u8 = 2;
 /// Exit code when something was not applied or is not ready.
 pub const EXIT_NOT_READY: u8 = 1;
+
+/// Prints a line on stdout now (flushed), so whoever watches, or a run that is killed later,
+/// sees it. A closed stdout (the terminal went away, `| head`) must not stop the work half-way.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
 
 /// Causeway: a unified event space on NATS JetStream.
 #[derive(Debug, Parser)]
@@ -42,6 +53,9 @@ enum Command {
     },
     /// A tiny app for the demo: logs every pushed event and optionally replies with events.
     DemoApp(demo_app::DemoAppArgs),
+    /// Internal: runs a program that gets SIGTERM when the parent process dies (used by `dev`).
+    #[command(name = "__child", hide = true)]
+    Child(tether::ChildArgs),
 }
 
 fn init_tracing() {
@@ -50,15 +64,27 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     init_tracing();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Apply(a) => apply::run(a).await,
-        Command::Dev(d) => dev::run(d).await,
+    match Cli::parse().command {
+        // Before any runtime thread exists: the child execs from this, its only thread.
+        Command::Child(c) => tether::run(c),
         Command::Crdgen { out } => crdgen(&out),
-        Command::DemoApp(a) => demo_app::run(a).await,
+        Command::Apply(a) => block_on(apply::run(a)),
+        Command::Dev(d) => block_on(dev::run(d)),
+        Command::DemoApp(a) => block_on(demo_app::run(a)),
+    }
+}
+
+/// Runs a subcommand on a multi-threaded runtime, on this, the main thread: `dev` spawns its
+/// children here, and they die with the thread that spawned them (see tether.rs).
+fn block_on(subcommand: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(subcommand),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_NOT_READY)
+        }
     }
 }
 

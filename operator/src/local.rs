@@ -115,18 +115,37 @@ fn order(k: Kind) -> usize {
 }
 
 /// Reconciles validated objects: stores, then nodes, then listeners (which need both).
+///
+/// Validate first: [`manifest::load`] (or [`manifest::parse_str`]) for each document, then
+/// [`manifest::check_batch`] for the rules between objects; apply only when both found nothing.
 pub async fn apply(reconciler: &Reconciler, objects: &[Loaded], opts: Options) -> Result<Report> {
+    apply_each(reconciler, objects, opts, |_| {}).await
+}
+
+/// [`apply`], handing each line to `on_line` as soon as its object is done, so a caller can
+/// print progress and a run that is killed half-way has shown what it did. The lines come in
+/// report order; the report returned holds them all.
+pub async fn apply_each(
+    reconciler: &Reconciler,
+    objects: &[Loaded],
+    opts: Options,
+    mut on_line: impl FnMut(&Line),
+) -> Result<Report> {
     let mode = if opts.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut sorted: Vec<&Object> = objects.iter().map(|l| &l.object).collect();
     sorted.sort_by_key(|o| order(o.kind()));
     let batch = Batch::of(sorted.iter().copied());
     let mut report = Report::default();
+    let mut done = |line: Line| {
+        on_line(&line);
+        report.lines.push(line);
+    };
     for obj in sorted {
         let result = match reconciler.reconcile_in(obj, mode, &batch).await {
             Ok(o) => LineResult::Applied(Box::new(o)),
             Err(e) => LineResult::Failed(e.to_string()),
         };
-        report.lines.push(Line { object: obj.display(), kind: obj.kind(), result, dry_run: opts.dry_run });
+        done(Line { object: obj.display(), kind: obj.kind(), result, dry_run: opts.dry_run });
     }
     if opts.prune {
         let keep: BTreeSet<String> = objects.iter().map(|l| l.object.key()).collect();
@@ -149,7 +168,7 @@ pub async fn apply(reconciler: &Reconciler, objects: &[Loaded], opts: Options) -
                 Ok(c) => LineResult::Pruned { deleted: c.deleted, retained: c.retained },
                 Err(e) => LineResult::Failed(e.to_string()),
             };
-            report.lines.push(Line {
+            done(Line {
                 object: format!("{} {}/{}", r.kind(), m.namespace, m.name),
                 kind: r.kind(),
                 result,
@@ -161,13 +180,18 @@ pub async fn apply(reconciler: &Reconciler, objects: &[Loaded], opts: Options) -
 }
 
 /// Parses YAML manifests and applies them, for tests and embedders: the lines of the report,
-/// or every validation problem. Fails if anything is not ready.
+/// or every validation problem (then nothing is applied). Fails if anything is not ready.
 pub async fn apply_yaml(client: &async_nats::Client, yaml: &str) -> std::result::Result<Vec<String>, String> {
     let (objects, errs) = manifest::parse_str(yaml, "<yaml>");
+    let joined = |errs: &[manifest::ManifestError]| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
     if !errs.is_empty() {
-        return Err(errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+        return Err(joined(&errs));
     }
     let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY);
+    let errs = manifest::check_batch(&reconciler, &objects).await.map_err(|e| e.to_string())?;
+    if !errs.is_empty() {
+        return Err(joined(&errs));
+    }
     let report = apply(&reconciler, &objects, Options::default()).await.map_err(|e| e.to_string())?;
     let lines: Vec<String> = report.lines.iter().map(ToString::to_string).collect();
     if report.ok() { Ok(lines) } else { Err(lines.join("\n")) }

@@ -4,23 +4,28 @@
 //! server applies to the CRDs (schema via the typed specs, the CRDs' own CEL rules evaluated
 //! client-side, and the cross-field checks of `causeway_api::check`). Each problem names the
 //! file, the document and the field; a document with any problem produces no object.
+//!
+//! Rules between objects (a Listener against its Node) need the whole batch and the registry:
+//! [`check_batch`] checks them, also before anything is written.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
 };
 
 use causeway_api::{
     DnsLabel, Kind,
+    check::FieldError,
     crd::{API_VERSION, EventStore, EventStoreSpec, Listener, ListenerSpec, Node, NodeSpec},
-    registry::{MANAGER_APPLY, Meta},
+    naming,
+    registry::{ListenerRecord, MANAGER_APPLY, Meta, Record},
 };
 use kube::CustomResourceExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::jetstream::{Object, Spec};
+use crate::jetstream::{Object, Reconciler, Spec};
 
 /// The namespace of a manifest without `metadata.namespace`.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -162,6 +167,60 @@ fn check_duplicates(objects: &[Loaded], errs: &mut Vec<ManifestError>) {
             });
         }
     }
+}
+
+/// Checks the rules between objects for a whole batch of valid documents, before anything is
+/// written: every Listener is resolved against its Node — the Node of the same batch if there
+/// is one (it is applied before the listener), else the Node already in the registry (read
+/// only). A Listener whose Node is in neither place is no problem here: it reconciles as
+/// `SourceNotFound` until the Node exists. Problems name the listener's file, document and field.
+pub async fn check_batch(reconciler: &Reconciler, objects: &[Loaded]) -> crate::Result<Vec<ManifestError>> {
+    let in_batch: HashMap<String, (&Loaded, &NodeSpec)> = objects
+        .iter()
+        .filter_map(|l| match &l.object.spec {
+            Spec::Node(n) => Some((l.object.key(), (l, n))),
+            _ => None,
+        })
+        .collect();
+    // Many listeners share a node: read each registry record once.
+    let mut registry: HashMap<String, Option<NodeSpec>> = HashMap::new();
+    let mut errs = Vec::new();
+    for l in objects {
+        let Spec::Listener(spec) = &l.object.spec else { continue };
+        let ns = &l.object.meta.namespace;
+        let key = naming::registry_key(ns, Kind::Node, &spec.node);
+        let node_name = format!("Node {ns}/{}", spec.node);
+        let (node, origin) = match in_batch.get(&key) {
+            Some((n, s)) => ((*s).clone(), format!("{node_name} in {} document {}", n.file, n.document)),
+            None => {
+                if !registry.contains_key(&key) {
+                    let found = match reconciler.read_record(ns, Kind::Node, &spec.node).await? {
+                        Some(Record::Node(r)) => Some(r.spec),
+                        _ => None,
+                    };
+                    registry.insert(key.clone(), found);
+                }
+                match &registry[&key] {
+                    Some(s) => (s.clone(), format!("{node_name} as applied earlier")),
+                    None => continue,
+                }
+            }
+        };
+        errs.extend(listener_against_node(&l.object.meta, spec, &node).into_iter().map(|e| ManifestError {
+            file: l.file.clone(),
+            document: l.document,
+            object: Some(l.object.display()),
+            field: Some(e.field),
+            message: format!("{} ({origin})", e.message),
+        }));
+    }
+    Ok(errs)
+}
+
+/// The problems of a Listener resolved against its Node: exactly the rules the reconcile core
+/// applies (`ListenerRecord::resolve`), so a batch check and a reconcile cannot disagree.
+pub fn listener_against_node(meta: &Meta, spec: &ListenerSpec, node: &NodeSpec) -> Vec<FieldError> {
+    ListenerRecord::resolve(meta.clone(), spec, node).err().unwrap_or_default()
 }
 
 /// Parses one file's text (YAML, one or more documents; JSON is YAML too).
@@ -451,6 +510,35 @@ mod tests {
         assert_eq!(s.retention.max_bytes.unwrap().get(), 512 << 20);
         let e = one(&format!("{STORE}spec:\n  replicas: 2\n")).unwrap_err();
         assert!(e[0].contains("spec.replicas") && e[0].contains("1, 3 or 5"), "{e:?}");
+    }
+
+    #[test]
+    fn listener_against_node_is_the_reconcile_rule() {
+        let node = |y: &str| match one(&format!(
+            "apiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata: {{name: inv}}\n{y}"
+        ))
+        .unwrap()
+        .spec
+        {
+            Spec::Node(n) => n,
+            _ => panic!("not a node"),
+        };
+        let listener = |delivery: &str| {
+            let o = one(&format!("apiVersion: causeway.dev/v1alpha1\nkind: Listener\nmetadata: {{name: l}}\nspec:\n  node: inv\n  source: {{store: s}}\n  delivery: {delivery}\n")).unwrap();
+            let Spec::Listener(s) = o.spec else { panic!("not a listener") };
+            (o.meta, s)
+        };
+        let strict = node("spec:\n  delivery: {ackWait: 5s}\n");
+        let (meta, push) = listener("{}");
+        let e = listener_against_node(&meta, &push, &strict);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "spec.delivery.timeout");
+        assert!(e[0].message.contains("push timeout 10s must be shorter than ackWait 5s"), "{e:?}");
+        assert!(listener_against_node(&meta, &push, &node("")).is_empty(), "the default ackWait is 30s");
+        for fine in ["{mode: pull}", "{timeout: 4s}", "{ackWait: 60s}"] {
+            let (meta, s) = listener(fine);
+            assert!(listener_against_node(&meta, &s, &strict).is_empty(), "{fine}");
+        }
     }
 
     #[test]

@@ -1,11 +1,22 @@
 //! `causeway apply` against a real nats-server: names and configs per DESIGN.md, idempotence
-//! proven on the wire, immutability, drift, deletion policies, dry-run and invalid manifests.
+//! proven on the wire, immutability, drift, deletion policies, dry-run, invalid manifests
+//! (alone and against each other), and lines printed as objects are done.
 
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, stream};
 use causeway_api::registry::Record;
-use causeway_tests::{NatsServer, TempDir, causeway, examples_dir, write_file};
+use causeway_tests::{NatsServer, TempDir, bin, causeway, examples_dir, write_file};
 use futures::StreamExt;
 
 fn apply(server: &NatsServer, paths: &[&str], extra: &[&str]) -> causeway_tests::Run {
@@ -395,4 +406,242 @@ fn unreachable_nats_fails_with_the_url_in_the_message() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains(&format!("cannot connect to NATS at {url}")), "{}", r.stderr);
     assert!(r.stdout.is_empty());
+}
+
+async fn stream_names(js: &jetstream::Context) -> Vec<String> {
+    let mut names: Vec<String> = js.stream_names().collect::<Vec<_>>().await.into_iter().map(Result::unwrap).collect();
+    names.sort();
+    names
+}
+
+/// A Node whose listeners inherit `ackWait: {ack_wait}` (push listeners default to a 10s timeout).
+fn node(name: &str, ack_wait: &str) -> String {
+    format!(
+        "apiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  delivery: {{ackWait: {ack_wait}}}\n"
+    )
+}
+
+/// A push Listener of node `inv` on store `orders`, with `delivery` as given.
+fn push_listener(name: &str, delivery: &str) -> String {
+    format!(
+        "apiVersion: causeway.dev/v1alpha1\nkind: Listener\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  node: inv\n  source: {{store: orders}}\n  delivery: {delivery}\n"
+    )
+}
+
+const ORDERS: &str = "apiVersion: causeway.dev/v1alpha1\nkind: EventStore\nmetadata: {name: orders, namespace: shop}\n";
+
+#[tokio::test]
+async fn listener_and_node_of_one_batch_are_checked_together_before_anything_is_created() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let store = write_file(&dir, "store.yaml", ORDERS);
+    let nodes = write_file(&dir, "node.yaml", &node("inv", "5s"));
+    // Each document is valid alone. With the node's ackWait 5s: document 1 is fine (timeout 2s),
+    // document 2 keeps the default push timeout 10s, document 3 sets 7s, document 4 is fine
+    // (its own ackWait 30s).
+    let listeners = write_file(
+        &dir,
+        "listeners.yaml",
+        &[
+            push_listener("quick", "{timeout: 2s}"),
+            push_listener("slow", "{}"),
+            push_listener("late", "{timeout: 7s}"),
+            push_listener("own", "{timeout: 20s, ackWait: 30s}"),
+        ]
+        .join("---\n"),
+    );
+    let js = jetstream::new(server.client().await);
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let r = apply(&server, &[&store, &nodes, &listeners], extra);
+        assert_eq!(r.code, 2, "{extra:?}: {r:?}");
+        assert!(r.stdout.is_empty(), "{extra:?}: nothing is applied: {}", r.stdout);
+        assert!(
+            r.stderr.contains(&format!(
+                "{listeners}: document 2 (Listener shop/slow): spec.delivery.timeout: push timeout 10s must be shorter than ackWait 5s"
+            )),
+            "{extra:?}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(&format!("(Node shop/inv in {nodes} document 1)")), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("document 3 (Listener shop/late): spec.delivery.timeout: push timeout 7s must be shorter than ackWait 5s"),
+            "{}",
+            r.stderr
+        );
+        for good in ["shop/quick", "shop/own"] {
+            assert!(!r.stderr.contains(good), "{good} is no problem: {}", r.stderr);
+        }
+        assert!(r.stderr.contains("2 invalid manifest problem(s); nothing was applied"), "{}", r.stderr);
+        let names = stream_names(&js).await;
+        assert!(
+            !names.iter().any(|n| n.starts_with("CW_ES_") || n.starts_with("CW_IN_")),
+            "{extra:?}: created {names:?}"
+        );
+        assert!(names.is_empty(), "{extra:?}: not even the registry: {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn listener_is_checked_against_its_node_in_the_registry_before_anything_is_created() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let strict = write_file(&dir, "node.yaml", &node("inv", "5s"));
+    let r = apply(&server, &[&strict], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let js = jetstream::new(server.client().await);
+    let before = stream_names(&js).await;
+    assert!(before.contains(&"CW_IN_shop_inv".to_string()), "{before:?}");
+
+    let store = write_file(&dir, "store.yaml", ORDERS);
+    let listener = write_file(&dir, "listener.yaml", &push_listener("slow", "{}"));
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let r = apply(&server, &[&store, &listener], extra);
+        assert_eq!(r.code, 2, "{extra:?}: {r:?}");
+        assert!(r.stdout.is_empty(), "{extra:?}: nothing is applied: {}", r.stdout);
+        assert!(
+            r.stderr.contains(&format!(
+                "{listener}: document 1 (Listener shop/slow): spec.delivery.timeout: push timeout 10s must be shorter than ackWait 5s"
+            )),
+            "{extra:?}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("(Node shop/inv as applied earlier)"), "{}", r.stderr);
+        assert_eq!(stream_names(&js).await, before, "{extra:?}: the store must not be created");
+    }
+    let reg = js.get_key_value("CW_REGISTRY").await.unwrap();
+    assert!(reg.get("shop.listener.slow").await.unwrap().is_none());
+    assert!(reg.get("shop.eventstore.orders").await.unwrap().is_none());
+
+    // The batch's own Node wins over the registry's: with ackWait 30s the same listener is fine.
+    let relaxed = write_file(&dir, "relaxed.yaml", &node("inv", "30s"));
+    let r = apply(&server, &[&store, &relaxed, &listener], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Listener shop/slow created"), "{}", r.stdout);
+    // And back: tightening the Node in the same batch as the listener is refused, whole.
+    let r = apply(&server, &[&store, &strict, &listener], &[]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains(&format!("(Node shop/inv in {strict} document 1)")), "{}", r.stderr);
+    let inbox = stream_info(&js, "CW_IN_shop_inv").await;
+    assert_eq!(inbox.config.name, "CW_IN_shop_inv");
+    let rec = Record::from_bytes(&reg.get("shop.node.inv").await.unwrap().unwrap()).unwrap();
+    let Record::Node(n) = rec else { panic!("not a node record") };
+    assert_eq!(n.spec.delivery.ack_wait.to_string(), "30s", "the refused batch changed nothing");
+}
+
+/// A TCP proxy in front of a nats-server that forwards the client's bytes until the first
+/// `hold` (a subject), and from then on none: that request and every later one go unanswered,
+/// so the client is stuck at a known point, however fast it is.
+struct HoldingProxy {
+    port: u16,
+    held: Arc<AtomicBool>,
+}
+
+impl HoldingProxy {
+    fn start(upstream: u16, hold: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = Arc::new(AtomicBool::new(false));
+        let flag = held.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { break };
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else { break };
+                let (mut from_server, mut to_client) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut from_server, &mut to_client));
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    let (mut seen, mut buf) = (Vec::new(), vec![0u8; 64 * 1024]);
+                    while let Ok(n) = client.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if flag.load(Ordering::SeqCst) {
+                            continue; // held: read and drop, so the client never blocks on writing
+                        }
+                        let start = seen.len();
+                        seen.extend_from_slice(&buf[..n]);
+                        let Some(at) = seen.windows(hold.len()).position(|w| w == hold.as_bytes()) else {
+                            let _ = server.write_all(&buf[..n]);
+                            continue;
+                        };
+                        // Forward up to the line with the subject; the request itself stays here.
+                        let line = seen[..at].windows(2).rposition(|w| w == b"\r\n").map_or(0, |i| i + 2);
+                        if line > start {
+                            let _ = server.write_all(&seen[start..line]);
+                        }
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Self { port, held }
+    }
+}
+
+/// Kills the process when dropped, so a failed assertion leaves nothing running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn each_line_is_printed_as_soon_as_its_object_is_done() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let docs: Vec<String> = (1..=60)
+        .map(|i| {
+            format!(
+                "apiVersion: causeway.dev/v1alpha1\nkind: EventStore\nmetadata: {{name: s{i:02}, namespace: many}}\n"
+            )
+        })
+        .collect();
+    let f = write_file(&dir, "many.yaml", &docs.join("---\n"));
+    // The apply gets stuck creating the 31st store, with 30 done.
+    let proxy = HoldingProxy::start(server.port, "$JS.API.STREAM.CREATE.CW_ES_many_s31");
+    let mut child = KillOnDrop(
+        Command::new(bin("causeway"))
+            .args(["apply", "--nats", &format!("nats://127.0.0.1:{}", proxy.port), "-f", &f])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines.len() < 30 {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("only {} line(s) within 10s while the apply is stuck at s31: {lines:?}", lines.len()),
+        }
+    }
+    // Line 30 comes before the request for s31 is sent: wait for the proxy to hold it.
+    while !proxy.held.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the proxy never saw the request for s31");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Stuck at s31 (its request is not answered before 5s): still running, and silent about it.
+    assert!(matches!(child.0.try_wait(), Ok(None)), "the apply is still running");
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "no line for s31 while it is not done");
+    // A run killed now has shown exactly what it did.
+    drop(child);
+    let expected: Vec<String> = (1..=30).map(|i| format!("EventStore many/s{i:02} created")).collect();
+    assert_eq!(lines, expected);
+    let js = jetstream::new(server.client().await);
+    for i in 1..=60 {
+        let exists = js.get_stream(format!("CW_ES_many_s{i:02}")).await.is_ok();
+        assert_eq!(exists, i <= 30, "stream of s{i:02}: exists={exists}");
+    }
 }

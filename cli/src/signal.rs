@@ -1,0 +1,20 @@
+//! The signals that stop a long-running subcommand (`dev`, `demo-app`).
+
+use std::future::Future;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+/// A future that resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this
+/// is called, not when the future is first polled: call it first thing and keep the future, so
+/// a signal that comes during start-up or between polls is not lost (nor, before the handlers
+/// exist, does it kill the process without cleaning up).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    }
+}
