@@ -41,6 +41,10 @@ pub async fn keep(state: Arc<State>) {
             _ = until_true(&mut stop) => true,
         };
         let now = state.clock.now();
+        // On the way out, a NATS that is gone gets no chance to hold the sidecar up.
+        if stopping && !state.nats_connected() {
+            return;
+        }
         if now > saved {
             match save(&state, &bucket, now).await {
                 Ok(()) => saved = now,
@@ -68,6 +72,9 @@ async fn restore(state: &State, bucket: &str) -> Result<u64, String> {
 }
 
 async fn save(state: &State, bucket: &str, now: u64) -> Result<(), String> {
-    let kv = state.bucket(bucket).await.map_err(|e| e.to_string())?;
-    kv.put(CLOCK_KEY, now.to_string().into()).await.map(|_| ()).map_err(|e| e.to_string())
+    let put = async {
+        let kv = state.bucket(bucket).await.map_err(|e| e.to_string())?;
+        kv.put(CLOCK_KEY, now.to_string().into()).await.map(|_| ()).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(SAVE_EVERY * 2, put).await.map_err(|_| "timed out".to_owned())?
 }

@@ -338,10 +338,15 @@ impl Reconciler {
             }
             Spec::Listener(spec) => {
                 let node_key = naming::registry_key(ns, Kind::Node, &spec.node);
-                let node = match self.read_record_key(&node_key).await? {
-                    Some(Record::Node(n)) => Some(n.spec),
-                    _ if mode == Mode::DryRun => batch.nodes.get(&node_key).cloned(),
-                    _ => None,
+                // A dry run plans against the batch's node when the batch has one: that is the node
+                // the apply would write first.
+                let planned = if mode == Mode::DryRun { batch.nodes.get(&node_key).cloned() } else { None };
+                let node = match planned {
+                    Some(n) => Some(n),
+                    None => match self.read_record_key(&node_key).await? {
+                        Some(Record::Node(n)) => Some(n.spec),
+                        _ => None,
+                    },
                 };
                 let Some(node) = node else {
                     return Ok(not_ready(

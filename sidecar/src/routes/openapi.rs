@@ -42,8 +42,9 @@ fn header_schema(name: &str, desc: &str, schema: Value) -> Value {
     json!({"name": name, "in": "header", "required": false, "description": desc, "schema": schema})
 }
 
-/// An entity tag holding a number, as `parse_etag` reads it: `"42"`, `W/"42"` or `42`.
-const ETAG_PATTERN: &str = r#"^(W/)?("[0-9]{1,19}"|[0-9]{1,19})$"#;
+/// `*` or a list of strong entity tags holding numbers (RFC 9110): `"42"` or `"1", "2"`. Weak
+/// and unquoted tags are refused.
+const ETAG_PATTERN: &str = r#"^(\*|"[0-9]{1,19}"( *, *"[0-9]{1,19}")*)$"#;
 /// A KV key: parts of `[-/_=A-Za-z0-9]` joined by single dots (keys starting with `_cw` are
 /// reserved, which the pattern does not say).
 const KEY_PATTERN: &str = r"^[-/_=A-Za-z0-9]+(\.[-/_=A-Za-z0-9]+)*$";
@@ -52,7 +53,52 @@ const CAUSAL_HEADER_PATTERN: &str = "^[!-~]{1,128}$";
 /// An event id the client chooses.
 const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
 
+/// Answers every `/v1` route can give: bad input, refused browsers, slow bodies, temporary
+/// trouble (503 and 504 with Retry-After).
+fn add_common_answers(doc: &mut Value) {
+    let retry =
+        json!({"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}});
+    let common = [
+        ("400", "Invalid input; unknown_parameter and unsupported_condition list what is allowed"),
+        ("401", "Missing or wrong API token (when CAUSEWAY_API_TOKEN is set)"),
+        ("403", "forbidden_host or forbidden_origin: not a request from this pod"),
+        ("408", "The body did not arrive within CAUSEWAY_BODY_TIMEOUT"),
+        ("413", "The body is over CAUSEWAY_MAX_BODY"),
+        ("415", "Writes need Content-Type application/json or a CloudEvents type"),
+        ("503", "Temporary: NATS unreachable, registry not read yet, too busy; retry after Retry-After"),
+        ("504", "JetStream did not answer in time; the request may or may not be stored, retry it unchanged"),
+    ];
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for (path, item) in paths.iter_mut() {
+        if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+            continue;
+        }
+        for method in ["get", "post", "put", "delete"] {
+            let Some(responses) =
+                item.get_mut(method).and_then(|op| op.get_mut("responses")).and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            for (code, desc) in common {
+                if code == "415" && method == "get" || code == "415" && method == "delete" {
+                    continue;
+                }
+                let e = responses.entry(code).or_insert_with(|| err(desc));
+                if code == "503" || code == "504" {
+                    e["headers"] = retry.clone();
+                }
+            }
+        }
+    }
+}
+
 fn build() -> Value {
+    let mut doc = build_paths();
+    add_common_answers(&mut doc);
+    doc
+}
+
+fn build_paths() -> Value {
     let uint = json!({"type": "integer", "minimum": 0, "maximum": u64::MAX});
     let etag = json!({"type": "string", "pattern": ETAG_PATTERN});
     let causal = json!({"type": "string", "pattern": CAUSAL_HEADER_PATTERN});
@@ -79,28 +125,31 @@ fn build() -> Value {
             "parameters": [key],
             "get": {
                 "summary": format!("Read a key of the {scope} bucket"),
+                "parameters": [header_schema("If-None-Match", "304 when the revision is one of these (or * and the key exists)", etag.clone()),
+                               header_schema("If-Match", "412 unless the revision is one of these (or * and the key exists)", etag.clone())],
                 "responses": {
-                    "200": {"description": "The JSON value; ETag is its revision.", "headers": {"ETag": {"schema": {"type": "string"}}},
+                    "200": {"description": "The JSON value; ETag is its revision. Never cacheable.", "headers": {"ETag": {"schema": {"type": "string"}}},
                             "content": {"application/json": {"schema": {}}}},
-                    "400": err("Invalid key"), "404": err("No such key")
+                    "304": {"description": "Not modified (If-None-Match)"},
+                    "404": err("No such key"), "412": err("If-Match does not hold")
                 }
             },
             "put": {
                 "summary": format!("Write a key of the {scope} bucket"),
-                "parameters": [header_schema("If-Match", "Compare-and-set: the revision (ETag) you read", etag.clone()),
-                               header_schema("If-None-Match", "* to create only", json!({"type": "string", "enum": ["*"]}))],
+                "parameters": [header_schema("If-Match", "Compare-and-set: the revision (ETag) you read, or * (the key must exist)", etag.clone()),
+                               header_schema("If-None-Match", "* to create only", etag.clone())],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {}}}},
                 "responses": {
                     "200": ok_json("Written", json!({"$ref": "#/components/schemas/KvWrite"})),
-                    "201": ok_json("Created (If-None-Match: *)", json!({"$ref": "#/components/schemas/KvWrite"})),
-                    "400": err("Invalid key, JSON or header"), "412": err("Precondition failed"),
-                    "413": err("Too large"), "415": err("Not JSON")
+                    "201": ok_json("Created", json!({"$ref": "#/components/schemas/KvWrite"})),
+                    "412": err("Precondition failed")
                 }
             },
             "delete": {
                 "summary": format!("Delete a key of the {scope} bucket"),
-                "parameters": [header_schema("If-Match", "Delete only at this revision", etag.clone())],
-                "responses": {"204": {"description": "Deleted"}, "400": err("Invalid key or header"), "412": err("Precondition failed")}
+                "parameters": [header_schema("If-Match", "Delete only at this revision (or * if it exists)", etag.clone()),
+                               header_schema("If-None-Match", "Delete only if not at this revision", etag.clone())],
+                "responses": {"204": {"description": "Deleted (or already absent)"}, "412": err("Precondition failed")}
             }
         })
     };
@@ -120,8 +169,8 @@ fn build() -> Value {
                                    header_schema("Cw-Causation-Id", "The event that caused this one", causal.clone()),
                                    header_schema("Cw-Correlation-Id", "The conversation", causal.clone())],
                     "requestBody": event_body,
-                    "responses": {"202": accepted, "400": err("Invalid event"), "404": err("Unknown node"),
-                                  "409": err("Batch ids already stored"), "413": err("Too large"), "415": err("Wrong content type"),
+                    "responses": {"202": accepted, "404": err("Unknown node"),
+                                  "409": err("id_conflict (the id is stored with another type) or duplicate_in_batch"),
                                   "422": err("The inbox does not accept batches")}
                 }
             },
@@ -138,20 +187,25 @@ fn build() -> Value {
                     "summary": "Append one event (or an all-or-nothing batch) to a subject, optionally at an expected sequence",
                     "parameters": [path_param("subject", "Subject", Some(causeway_api::names::TOKEN_PATH_PATTERN)),
                                    query("expectedSequence", "The subject's last sequence you expect (0: empty)", uint.clone()),
-                                   header_schema("If-Match", "\"<seq>\": same as expectedSequence", etag.clone()),
+                                   header_schema("If-Match", "\"<seq>\": same as expectedSequence; *: the subject must hold events", etag.clone()),
+                                   header_schema("If-None-Match", "*: the subject must be empty", json!({"type": "string", "enum": ["*"]})),
                                    header_schema("Cw-Causation-Id", "The event that caused this one", causal.clone())],
                     "requestBody": event_body,
-                    "responses": {"202": accepted, "400": err("Invalid event or subject"), "404": err("Unknown store"),
-                                  "409": err("sequence_conflict, with lastSequence"), "413": err("Too large"), "415": err("Wrong content type")}
+                    "responses": {"202": accepted, "404": err("Unknown store"),
+                                  "409": err("sequence_conflict (with lastSequence), id_conflict (the id is stored on another subject) or duplicate_in_batch"),
+                                  "422": err("The store does not accept batches")}
                 },
                 "get": {
                     "summary": "Load the events of a subject or pattern",
                     "parameters": [path_param("subject", "Subject, or a pattern with * tokens and a final >", Some(causeway_api::names::SUBJECT_PATTERN_PATTERN)),
                                    query("after", "Only events after this sequence", uint.clone()),
                                    query("upTo", "Only events up to this sequence", uint.clone()),
-                                   query("limit", "At most this many events (default 1000, at most 10000)", json!({"type": "integer", "minimum": 1, "maximum": 10000}))],
-                    "responses": {"200": ok_json("Events in order", json!({"$ref": "#/components/schemas/Load"})),
-                                  "400": err("Invalid subject or query"), "404": err("Unknown store")}
+                                   query("limit", "At most this many events (default 1000, at most 10000)", json!({"type": "integer", "minimum": 1, "maximum": 10000})),
+                                   header_schema("If-None-Match", "One subject only: 304 when its last sequence is one of these", etag.clone()),
+                                   header_schema("If-Match", "One subject only: 412 unless its last sequence is one of these", etag.clone())],
+                    "responses": {"200": ok_json("Events in order; ETag is the subject's last sequence when the answer reaches its end", json!({"$ref": "#/components/schemas/Load"})),
+                                  "304": {"description": "Not modified (If-None-Match)"},
+                                  "404": err("Unknown store"), "412": err("If-Match does not hold")}
                 }
             },
             "/v1/stores/{store}/events": {
@@ -165,7 +219,7 @@ fn build() -> Value {
                     "responses": {
                         "200": {"description": "text/event-stream: `id: <sequence>` and `data: <event>`; `event: caughtUp`. application/x-ndjson: one event per line, then {\"caughtUp\":true}.",
                                 "content": {"text/event-stream": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}},
-                        "400": err("Invalid subject, query or Last-Event-ID"), "404": err("Unknown store"), "503": err("Too many live streams")
+                        "404": err("Unknown store"), "503": err("Too many live streams, or the store is at its maxConsumers")
                     }
                 }
             },
@@ -181,8 +235,11 @@ fn build() -> Value {
                     "parameters": [path_param("listener", "Listener name", None),
                                    query("max", "At most this many events (default 10)", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
                                    query("waitMs", "Wait this long for events (default 0)", json!({"type": "integer", "minimum": 0, "maximum": 30000}))],
-                    "responses": {"200": ok_json("Events with ackToken", json!({"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}})),
-                                  "400": err("Invalid query"), "404": err("Unknown listener"), "409": err("Not a pull listener")}
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {}}}},
+                    "responses": {"200": ok_json("Events with ackToken; skipped lists events that could not be decoded (dead-lettered)", json!({"type": "object", "properties": {
+                                      "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                                      "skipped": {"type": "array", "items": {"$ref": "#/components/schemas/Skipped"}}}})),
+                                  "404": err("Unknown listener"), "409": err("Not a pull listener")}
                 }
             },
             "/v1/acks": {
@@ -191,8 +248,7 @@ fn build() -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "array", "minItems": 1, "items": {
                         "type": "object", "required": ["token", "result"], "additionalProperties": false,
                         "properties": {"token": {"type": "string"}, "result": {"type": "string", "enum": ["ack", "nak", "term"]}, "delayMs": {"type": "integer", "minimum": 0}}}}}}},
-                    "responses": {"200": ok_json("Applied", json!({"type": "object", "properties": {"processed": {"type": "integer"}}})),
-                                  "400": err("Invalid ack"), "415": err("Not JSON")}
+                    "responses": {"200": ok_json("Applied", json!({"type": "object", "properties": {"processed": {"type": "integer"}}}))}
                 }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive"}}}},
@@ -207,7 +263,9 @@ fn build() -> Value {
                 "error": {"type": "string", "description": "snake_case code"},
                 "message": {"type": "string"},
                 "lastSequence": {"type": "integer"}, "known": {"type": "array", "items": {"type": "string"}},
-                "revision": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "string"}}}},
+                "revision": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "string"}},
+                "allowed": {"type": "array", "items": {"type": "string"}}, "unknown": {"type": "array", "items": {"type": "string"}},
+                "stream": {"type": "string"}, "subject": {"type": "string"}, "sequence": {"type": "integer"}}},
             "EventInput": {"type": "object", "required": ["type"], "additionalProperties": false, "properties": {
                 "type": {"type": "string", "pattern": causeway_api::names::TOKEN_PATH_PATTERN, "maxLength": 256},
                 "payload": {},
@@ -230,10 +288,14 @@ fn build() -> Value {
                 "ackToken": {"type": "string"}, "attempt": {"type": "integer"}}},
             "Load": {"type": "object", "required": ["events", "lastSequence", "more"], "properties": {
                 "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-                "lastSequence": {"type": "integer"}, "more": {"type": "boolean"}}},
+                "lastSequence": {"type": "integer"}, "more": {"type": "boolean"},
+                "skipped": {"type": "array", "items": {"$ref": "#/components/schemas/Skipped"}}}},
+            "Skipped": {"type": "object", "description": "A stored message that cannot be served (not a Causeway event, or its payload blob is gone or damaged)",
+                "properties": {"sequence": {"type": "integer"}, "error": {"type": "string"}}},
             "StoreFigures": {"type": "object", "properties": {
                 "store": {"type": "string"}, "stream": {"type": "string"}, "firstSequence": {"type": "integer"},
-                "lastSequence": {"type": "integer"}, "events": {"type": "integer"}, "bytes": {"type": "integer"}}},
+                "lastSequence": {"type": "integer"}, "events": {"type": "integer"}, "bytes": {"type": "integer"},
+                "consumers": {"type": "integer"}, "maxConsumers": {"type": "integer"}}},
             "KvWrite": {"type": "object", "properties": {"key": {"type": "string"}, "revision": {"type": "integer"}}}
         }}
     })
@@ -260,6 +322,32 @@ mod tests {
             "/v1/openapi.json",
         ] {
             assert!(d["paths"][p].is_object(), "{p} is not documented");
+        }
+        // Every API operation documents temporary trouble, with Retry-After.
+        for (path, item) in d["paths"].as_object().unwrap() {
+            if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+                continue;
+            }
+            for (method, op) in item.as_object().unwrap().iter().filter(|(m, _)| *m != "parameters") {
+                let r = &op["responses"]["503"];
+                assert!(r["headers"]["Retry-After"].is_object(), "{method} {path} lacks a 503 with Retry-After");
+            }
+        }
+    }
+
+    #[test]
+    fn the_etag_pattern_takes_strong_tags_only() {
+        let re = |s: &str| {
+            // The pattern is simple enough to check by hand: * or quoted numbers.
+            let t = s.trim();
+            t == "*" || crate::conditional::parse_tag_list("x", t).is_ok()
+        };
+        assert!(super::ETAG_PATTERN.starts_with("^(\\*|"));
+        for ok in ["*", "\"1\"", "\"1\", \"2\""] {
+            assert!(re(ok), "{ok}");
+        }
+        for bad in ["W/\"1\"", "1"] {
+            assert!(!re(bad), "{bad}");
         }
     }
 }
