@@ -80,7 +80,7 @@ fn add_common_answers(doc: &mut Value) {
                 continue;
             };
             for (code, desc) in common {
-                if code == "415" && method == "get" || code == "415" && method == "delete" {
+                if code == "415" && matches!(method, "get" | "delete") {
                     continue;
                 }
                 let e = responses.entry(code).or_insert_with(|| err(desc));
