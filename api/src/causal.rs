@@ -68,7 +68,7 @@ pub struct Given {
     pub causation_id: Option<String>,
 }
 
-/// Applies the causal rules of DESIGN.md:
+/// Applies the causal rules (docs/reference.md, "Causal rules"):
 /// - `id` is given or generated;
 /// - `correlationId` is given, else inherited from the cause, else equal to `id`;
 /// - `causationId` is given, else the cause's id;

@@ -1,4 +1,4 @@
-//! The JetStream naming rules of DESIGN.md, each in exactly one function.
+//! The JetStream naming rules (docs/reference.md, "JetStream mapping"), each in exactly one function.
 //!
 //! | from | object | name | subjects |
 //! |---|---|---|---|

@@ -1,4 +1,4 @@
-//! `causeway apply` against a real nats-server: names and configs per DESIGN.md, idempotence
+//! `causeway apply` against a real nats-server: names and configs per docs/reference.md, idempotence
 //! proven on the wire, immutability, drift, deletion policies, dry-run, invalid manifests
 //! (alone and against each other), and lines printed as objects are done.
 

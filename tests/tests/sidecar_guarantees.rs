@@ -1,4 +1,4 @@
-//! DESIGN.md's "Guarantees", each against real nats-server processes (file storage), the real
+//! The guarantees of docs/reference.md, each against real nats-server processes (file storage), the real
 //! sidecar binary and real HTTP, with faults injected:
 //!
 //! - nats-server crashes (SIGKILL) and restarts: nothing acknowledged is lost, the same sidecar

@@ -1,4 +1,4 @@
-//! One file per resource of the HTTP API (see DESIGN.md, "Sidecar HTTP API").
+//! One file per resource of the HTTP API (see docs/sidecar.md).
 
 pub mod acks;
 pub mod health;
