@@ -5,6 +5,7 @@ mod apply;
 mod demo_app;
 mod dev;
 mod nats;
+mod operator;
 mod signal;
 mod tether;
 
@@ -51,6 +52,9 @@ enum Command {
         #[arg(long, short, default_value = "crds")]
         out: PathBuf,
     },
+    /// Run the Kubernetes operator: reconcile EventStore, Node and Listener objects of the cluster
+    /// into JetStream, with status, events, leader election, health and metrics.
+    Operator(Box<operator::OperatorArgs>),
     /// A tiny app for the demo: logs every pushed event and optionally replies with events.
     DemoApp(demo_app::DemoAppArgs),
     /// Internal: runs a program that gets SIGTERM when the parent process dies (used by `dev`).
@@ -58,21 +62,29 @@ enum Command {
     Child(tether::ChildArgs),
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CAUSEWAY_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = EnvFilter::try_from_env("CAUSEWAY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("CAUSEWAY_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }
 
 fn main() -> ExitCode {
-    init_tracing();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // A long-running operator says what it does; the one-shot commands only warn.
+    init_tracing(if matches!(cli.command, Command::Operator(_)) { "info" } else { "warn" });
+    match cli.command {
         // Before any runtime thread exists: the child execs from this, its only thread.
         Command::Child(c) => tether::run(c),
         Command::Crdgen { out } => crdgen(&out),
         Command::Apply(a) => block_on(apply::run(a)),
         Command::Dev(d) => block_on(dev::run(d)),
         Command::DemoApp(a) => block_on(demo_app::run(a)),
+        Command::Operator(a) => block_on(operator::run(*a)),
     }
 }
 

@@ -25,11 +25,29 @@ pub struct NatsArgs {
     /// CA certificate (PEM) to verify the server's TLS certificate.
     #[arg(long, env = "CAUSEWAY_NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with --tls-key).
+    #[arg(long, env = "CAUSEWAY_NATS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS (with --tls-cert).
+    #[arg(long, env = "CAUSEWAY_NATS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl NatsArgs {
     /// Connects, failing fast (no endless retry) with a message naming the URL.
     pub async fn connect(&self) -> Result<async_nats::Client, String> {
+        let o = self.options().await?;
+        self.dial(o).await
+    }
+
+    /// Connects in the background: returns at once, and keeps (re)connecting for ever. For
+    /// long-running processes that must not crash-loop while NATS is away.
+    pub async fn connect_retrying(&self) -> Result<async_nats::Client, String> {
+        let o = self.options().await?.retry_on_initial_connect().max_reconnects(None);
+        self.dial(o).await
+    }
+
+    async fn options(&self) -> Result<async_nats::ConnectOptions, String> {
         let mut o =
             async_nats::ConnectOptions::new().name("causeway").connection_timeout(std::time::Duration::from_secs(5));
         if let Some(c) = &self.creds {
@@ -44,6 +62,13 @@ impl NatsArgs {
         if let Some(ca) = &self.tls_ca {
             o = o.add_root_certificates(ca.clone()).require_tls(true);
         }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            o = o.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(o)
+    }
+
+    async fn dial(&self, o: async_nats::ConnectOptions) -> Result<async_nats::Client, String> {
         let addrs: Vec<async_nats::ServerAddr> = self
             .url
             .split(',')

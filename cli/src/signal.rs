@@ -18,3 +18,26 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
         }
     }
 }
+
+/// A shutdown signal that many tasks can wait for (clone it freely).
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Installs the SIGINT/SIGTERM handlers now, and fires when either signal comes.
+    pub fn install() -> Self {
+        let signalled = shutdown_signal();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            signalled.await;
+            tracing::info!("stop signal received; finishing in-flight work");
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Resolves once the signal came.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+}

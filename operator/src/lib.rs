@@ -1,8 +1,9 @@
 //! `causeway-operator`: the reconcile core (spec → JetStream, idempotent, drift-correcting),
-//! and the local manifest driver behind `causeway apply` and `causeway dev`. The Kubernetes
-//! controllers and the webhook will call the same core.
+//! the Kubernetes controllers that call it ([`controller`]), and the local manifest driver
+//! behind `causeway apply` and `causeway dev`.
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod crdgen;
 pub mod error;
 pub mod jetstream;

@@ -545,27 +545,62 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Every record in the registry (none when the registry does not exist yet).
+    /// Every record in the registry (none when the registry does not exist yet). Read through a
+    /// consumer of its own that is deleted right after, so listing leaves nothing behind on the
+    /// registry stream (a stream holds at most 1,000 consumers).
     pub async fn list_records(&self) -> Result<Vec<Record>> {
-        use futures::TryStreamExt;
-        if self.get_stream(&format!("KV_{REGISTRY_BUCKET}")).await?.is_none() {
-            return Ok(Vec::new());
-        }
-        let kv = self.registry().await?;
-        let keys: Vec<String> = kv
-            .keys()
-            .await
-            .map_err(Error::nats("list registry"))?
-            .try_collect()
+        use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        use futures::StreamExt;
+        let stream_name = format!("KV_{REGISTRY_BUCKET}");
+        let Some(stream) = self.get_stream(&stream_name).await? else { return Ok(Vec::new()) };
+        let name = format!("cw_list_{}", ulid::Ulid::new()).to_lowercase();
+        let consumer = stream
+            .create_consumer(pull::Config {
+                name: Some(name.clone()),
+                description: Some("Causeway: one listing of the registry".into()),
+                filter_subject: format!("$KV.{REGISTRY_BUCKET}.>"),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
             .await
             .map_err(Error::nats("list registry"))?;
+        let mut left = consumer.cached_info().num_pending;
         let mut out = Vec::new();
-        for k in keys {
-            if let Some(r) = self.read_record_key(&k).await? {
-                out.push(r);
+        let read = async {
+            while left > 0 {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(left.min(1000) as usize)
+                    .messages()
+                    .await
+                    .map_err(Error::nats("list registry"))?;
+                let mut got = 0;
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(|e| Error::Nats { what: "list registry".into(), source: e })?;
+                    got += 1;
+                    left = m.info().map(|i| i.pending).unwrap_or(0);
+                    let deleted = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("KV-Operation"))
+                        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                    if !deleted && let Ok(r) = Record::from_bytes(&m.payload) {
+                        out.push(r);
+                    }
+                }
+                if got == 0 {
+                    break;
+                }
             }
+            Ok::<_, Error>(())
         }
-        Ok(out)
+        .await;
+        let _ = stream.delete_consumer(&name).await;
+        read.map(|()| out)
     }
 
     /// One registry record.

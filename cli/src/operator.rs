@@ -1,0 +1,154 @@
+//! `causeway operator`: the Kubernetes controllers, health and metrics.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use causeway_api::quantity::Duration;
+use causeway_operator::controller::{self, Options, Settings, health::Health, leader::LeaseOptions, metrics::Metrics};
+use clap::Args;
+
+use crate::{EXIT_INVALID, EXIT_NOT_READY, nats::NatsArgs};
+
+/// Flags of `causeway operator`.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster service account).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch, comma-separated (default: all).
+    #[arg(long, env = "CAUSEWAY_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// How often every object is reconciled again (restores drift, refreshes figures).
+    #[arg(long, env = "CAUSEWAY_RESYNC", default_value = "60s")]
+    pub resync: Duration,
+    /// Reconciles at once, per kind.
+    #[arg(long, env = "CAUSEWAY_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Changes to one object within this window are reconciled once.
+    #[arg(long, env = "CAUSEWAY_DEBOUNCE", default_value = "500ms")]
+    pub debounce: Duration,
+    /// Longest a reconcile waits on NATS before reporting NatsUnavailable.
+    #[arg(long, env = "CAUSEWAY_NATS_TIMEOUT", default_value = "20s")]
+    pub nats_timeout: Duration,
+    /// Longest a deletion waits on NATS (Retain objects and Listeners are then released; see docs/operator.md).
+    #[arg(long, env = "CAUSEWAY_CLEANUP_TIMEOUT", default_value = "10s")]
+    pub cleanup_timeout: Duration,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "CAUSEWAY_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: SocketAddr,
+    /// Run without leader election (only one replica may run then).
+    #[arg(long, env = "CAUSEWAY_NO_LEADER_ELECTION")]
+    pub no_leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "CAUSEWAY_LEASE_NAME", default_value = "causeway-operator")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the lease lasts without renewal; a new leader takes over within it.
+    #[arg(long, env = "CAUSEWAY_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: Duration,
+    /// This replica's identity in the lease and in Events (default: the pod's name, else the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Replicas of the shared buckets (registry, global KV, blob store) when first created.
+    #[arg(long, env = "CAUSEWAY_REGISTRY_REPLICAS", default_value_t = 1)]
+    pub registry_replicas: usize,
+}
+
+fn identity(given: Option<String>) -> String {
+    given.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p).map_err(|e| format!("kubeconfig {}: {e}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", p.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+pub async fn run(a: OperatorArgs) -> ExitCode {
+    if a.concurrency == 0 {
+        eprintln!("error: --concurrency must be at least 1");
+        return ExitCode::from(EXIT_INVALID);
+    }
+    if !matches!(a.registry_replicas, 1 | 3 | 5) {
+        eprintln!("error: --registry-replicas must be 1, 3 or 5");
+        return ExitCode::from(EXIT_INVALID);
+    }
+    let kube = match kube_client(a.kubeconfig.as_ref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    // NATS may come up after the operator: connect in the background and say so on /readyz.
+    let nats = match a.nats.connect_retrying().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(a.health_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", a.health_addr);
+            return ExitCode::from(EXIT_NOT_READY);
+        }
+    };
+    let identity = identity(a.identity);
+    let settings = Settings {
+        opts: Options {
+            resync: a.resync.get(),
+            concurrency: a.concurrency,
+            debounce: a.debounce.get(),
+            namespaces: a.namespaces.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect(),
+            nats_timeout: a.nats_timeout.get(),
+            cleanup_timeout: a.cleanup_timeout.get(),
+            ..Options::default()
+        },
+        lease: (!a.no_leader_election).then(|| LeaseOptions {
+            name: a.lease_name.clone(),
+            namespace: a.lease_namespace.clone().unwrap_or_else(|| "default".into()),
+            identity: identity.clone(),
+            duration: a.lease_duration.get(),
+            grace: (a.lease_duration.get() / 3).max(std::time::Duration::from_secs(1)),
+        }),
+        registry_replicas: a.registry_replicas,
+        instance: Some(identity.clone()),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let health = Health::new(metrics, nats.clone(), "starting");
+    let shutdown = crate::signal::Shutdown::install();
+    let stop = shutdown.clone();
+    let health_server =
+        tokio::spawn(controller::health::serve(listener, health.clone(), async move { stop.wait().await }));
+    eprintln!(
+        "causeway operator {identity}: health on http://{}, watching {}",
+        a.health_addr,
+        if settings.opts.namespaces.is_empty() { "all namespaces".into() } else { settings.opts.namespaces.join(", ") }
+    );
+    let stop = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown.wait()));
+    let result = controller::operate(kube, nats.clone(), settings, health, stop).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), nats.flush()).await;
+    health_server.abort();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}; exiting so that a restart begins afresh");
+            ExitCode::from(EXIT_NOT_READY)
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! One reconcile, the same for every kind: the finalizer, then Apply (the core's reconcile,
+//! then status and events) or Cleanup (the core's cleanup, bounded in time).
+//!
+//! - A status is written by server-side apply under one field manager, and only when it differs
+//!   from the stored one; so an unchanged object causes no Kubernetes write, and the core makes no
+//!   JetStream write either.
+//! - A failing or hanging NATS call ends in `Ready=False` (`NatsUnavailable`) with the error, never
+//!   an old `True`, and is retried with exponential backoff.
+//! - Events are published when something happens (created, updated, a change refused, a failure),
+//!   not on every resync.
+
+use std::{sync::Arc, time::Instant};
+
+use causeway_api::{
+    DnsLabel,
+    crd::{Condition, DeletionPolicy},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::{
+    context::{Context, Error, FIELD_MANAGER, FINALIZER, REASON_NATS_UNAVAILABLE, SKIP_CLEANUP_ANNOTATION},
+    kinds::{Managed, object_of},
+};
+use crate::jetstream::{self, Action as CoreAction, Figures, Mode, Readiness, reason};
+
+/// `<Kind>/<ns>/<name>`: the key of an object in logs, backoff and metrics.
+pub fn key_of<K: Managed>(o: &K) -> String {
+    format!("{}/{}/{}", K::KIND, o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// Reconciles one object: adds the finalizer, then applies or cleans up.
+pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<K> = Api::namespaced(ctx.kube.clone(), &obj.namespace().unwrap_or_else(|| "default".into()));
+    let started = Instant::now();
+    let key = key_of(&*obj);
+    let result = finalizer(&api, FINALIZER, obj, |ev| async {
+        match ev {
+            Finalizer::Apply(o) => apply(&api, o, &ctx).await,
+            Finalizer::Cleanup(o) => cleanup(o, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    match &result {
+        Ok(_) => ctx.succeeded(&key),
+        Err(e) => {
+            ctx.metrics.failed(K::KIND.as_str(), e.metric_label());
+            ctx.metrics.reconciled(K::KIND.as_str(), "error", started);
+        }
+    }
+    result
+}
+
+/// After a failed reconcile: wait longer after each failure in a row.
+pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = key_of(&*obj);
+    let wait = ctx.backoff(&key);
+    tracing::warn!(object = %key, error = %err, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// The stored Ready condition, if any.
+fn stored_ready(status: Option<&serde_json::Value>) -> Option<Condition> {
+    let conditions = status?.get("conditions")?.as_array()?;
+    conditions.iter().filter_map(|c| serde_json::from_value::<Condition>(c.clone()).ok()).find(|c| c.type_ == "Ready")
+}
+
+/// The Ready condition for `r`; its transition time moves only when its status changes.
+pub fn ready_condition(previous: Option<&Condition>, r: &Readiness, generation: Option<i64>) -> Condition {
+    let status = if r.ready { "True" } else { "False" };
+    let last_transition_time = match previous {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    };
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: r.reason.into(),
+        message: r.message.clone(),
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+async fn apply<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let kind = K::KIND.as_str();
+    let previous = obj.stored_status();
+    let was = stored_ready(previous.as_ref());
+    let (object, ns, name) = match object_of(&*obj) {
+        Ok(x) => x,
+        Err(e) => {
+            // Cannot become anything; say so and wait for a change.
+            let r = Readiness { ready: false, reason: reason::INVALID_SPEC, message: e };
+            let ns = DnsLabel::new("invalid").expect("a label");
+            let cond = ready_condition(was.as_ref(), &r, obj.meta().generation);
+            let status = obj.status(&ns, &ns, cond, &Figures::default(), previous.as_ref());
+            let status = strip_names(status);
+            write_status(api, &*obj, previous.as_ref(), status).await?;
+            ctx.metrics.reconciled(kind, "not_ready", started);
+            return Ok(Action::await_change());
+        }
+    };
+    let outcome = tokio::time::timeout(ctx.opts.nats_timeout, ctx.core.reconcile(&object, Mode::Apply)).await;
+    let (readiness, figures, failure) = match outcome {
+        Ok(Ok(o)) => {
+            announce(ctx, &*obj, was.as_ref(), &o).await;
+            (o.readiness, o.figures, None)
+        }
+        Ok(Err(e)) => {
+            let msg = format!("NATS failed: {e}; retrying with backoff");
+            (
+                Readiness { ready: false, reason: REASON_NATS_UNAVAILABLE, message: msg.clone() },
+                Figures::default(),
+                Some(msg),
+            )
+        }
+        Err(_) => {
+            let msg = format!("NATS did not answer within {:?}; retrying with backoff", ctx.opts.nats_timeout);
+            (
+                Readiness { ready: false, reason: REASON_NATS_UNAVAILABLE, message: msg.clone() },
+                Figures::default(),
+                Some(msg),
+            )
+        }
+    };
+    let cond = ready_condition(was.as_ref(), &readiness, obj.meta().generation);
+    let status = obj.status(&ns, &name, cond.clone(), &figures, previous.as_ref());
+    write_status(api, &*obj, previous.as_ref(), status).await?;
+    if let Some(msg) = failure {
+        if was.as_ref().is_none_or(|w| w.reason != REASON_NATS_UNAVAILABLE) {
+            publish(ctx, &*obj, EventType::Warning, REASON_NATS_UNAVAILABLE, "Reconcile", &msg).await;
+        }
+        return Err(Error::Nats(msg));
+    }
+    ctx.metrics.reconciled(kind, if cond.status == "True" { "ready" } else { "not_ready" }, started);
+    Ok(Action::requeue(ctx.opts.resync))
+}
+
+/// A status without the resolved names (for an object whose name is invalid).
+fn strip_names(mut status: serde_json::Value) -> serde_json::Value {
+    if let Some(m) = status.as_object_mut() {
+        m.retain(|k, _| matches!(k.as_str(), "observedGeneration" | "conditions"));
+    }
+    status
+}
+
+/// Writes `status` by server-side apply, unless it equals the stored one.
+async fn write_status<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    previous: Option<&serde_json::Value>,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// Kubernetes Events for what a reconcile did: created, updated, or a transition to not ready.
+async fn announce<K: Managed>(ctx: &Context, obj: &K, was: Option<&Condition>, o: &jetstream::Outcome) {
+    let r = &o.readiness;
+    match (o.action, r.ready) {
+        (CoreAction::Created, true) => {
+            publish(ctx, obj, EventType::Normal, "Created", "Create", &r.message).await;
+        }
+        (CoreAction::Updated, true) => {
+            let note: Vec<String> = o.changes.iter().map(ToString::to_string).collect();
+            let note = if note.is_empty() { r.message.clone() } else { note.join("; ") };
+            publish(ctx, obj, EventType::Normal, "Updated", "Update", &note).await;
+        }
+        (_, false) if was.is_none_or(|w| w.reason != r.reason || w.status != "False") => {
+            publish(ctx, obj, EventType::Warning, r.reason, "Reconcile", &r.message).await;
+        }
+        (_, true) if was.is_some_and(|w| w.status == "False") => {
+            publish(ctx, obj, EventType::Normal, reason::RECONCILED, "Reconcile", &r.message).await;
+        }
+        _ => {}
+    }
+}
+
+/// Publishes an event; a failure to publish is logged, never fails the reconcile.
+async fn publish<K: Managed>(ctx: &Context, obj: &K, type_: EventType, reason: &str, action: &str, note: &str) {
+    let note: String = note.chars().take(1000).collect();
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::debug!(object = %key_of(obj), error = %e, "could not publish an event");
+    }
+}
+
+async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let kind = K::KIND.as_str();
+    let skip = obj.annotations().get(SKIP_CLEANUP_ANNOTATION).is_some_and(|v| v == "true");
+    if skip {
+        let note = format!(
+            "{SKIP_CLEANUP_ANNOTATION} is set: the JetStream objects and the registry record are left as they are"
+        );
+        publish(ctx, &*obj, EventType::Warning, "CleanupSkipped", "Delete", &note).await;
+        ctx.metrics.reconciled(kind, "cleanup", started);
+        return Ok(Action::await_change());
+    }
+    let Ok((_, ns, name)) = object_of(&*obj) else {
+        // Never reconciled (its name is not valid): nothing in NATS to clean up.
+        return Ok(Action::await_change());
+    };
+    let policy = obj.deletion_policy();
+    let done =
+        tokio::time::timeout(ctx.opts.cleanup_timeout, ctx.core.cleanup(K::KIND, &ns, &name, policy, Mode::Apply))
+            .await;
+    let failure = match done {
+        Ok(Ok(c)) => {
+            let mut note = Vec::new();
+            if !c.deleted.is_empty() {
+                note.push(format!("deleted {}", c.deleted.join(", ")));
+            }
+            if !c.retained.is_empty() {
+                note.push(format!("kept by deletionPolicy Retain: {}", c.retained.join(", ")));
+            }
+            if note.is_empty() {
+                note.push("nothing to clean up".into());
+            }
+            publish(ctx, &*obj, EventType::Normal, "Deleted", "Delete", &note.join("; ")).await;
+            ctx.metrics.reconciled(kind, "cleanup", started);
+            return Ok(Action::await_change());
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("NATS did not answer within {:?}", ctx.opts.cleanup_timeout),
+    };
+    if policy == DeletionPolicy::Retain || K::KIND == causeway_api::Kind::Listener {
+        // Nothing of the user's data is at stake: let the object go now. What is left (the
+        // registry record, a listener's consumer) is removed by the operator's sweep once NATS
+        // answers again.
+        let note = format!(
+            "{failure}; the object is released now and its registry record{} removed once NATS answers again",
+            if K::KIND == causeway_api::Kind::Listener { " and consumer are" } else { " is" }
+        );
+        publish(ctx, &*obj, EventType::Warning, "CleanupDeferred", "Delete", &note).await;
+        ctx.metrics.reconciled(kind, "cleanup", started);
+        return Ok(Action::await_change());
+    }
+    let note = format!(
+        "{failure}; deletionPolicy Delete keeps the object until its streams are deleted (retrying). To let it go without deleting them, annotate it {SKIP_CLEANUP_ANNOTATION}=true"
+    );
+    publish(ctx, &*obj, EventType::Warning, "CleanupFailed", "Delete", &note).await;
+    Err(Error::Cleanup(note))
+}
