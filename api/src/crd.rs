@@ -264,8 +264,10 @@ fn default_history() -> u8 {
     category = "causeway",
     doc = "An event store: one JetStream stream of events, appended and loaded through the Causeway sidecar with optimistic concurrency.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Stream", type_ = "string", json_path = ".status.stream"),
     printcolumn(name = "Events", type_ = "integer", json_path = ".status.events"),
+    printcolumn(name = "Consumers", type_ = "integer", json_path = ".status.consumers", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
@@ -358,7 +360,9 @@ pub struct EventStoreStatus {
     category = "causeway",
     doc = "A node: a logical service identity with an inbox stream, a state bucket and delivery defaults for its listeners.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Inbox", type_ = "string", json_path = ".status.inboxStream"),
+    printcolumn(name = "Events", type_ = "integer", json_path = ".status.events"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
@@ -489,6 +493,7 @@ pub struct NodeStatus {
     category = "causeway",
     doc = "A durable listener: a JetStream consumer on an event store or a node's inbox, delivered to the app by the sidecars of one node.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
     printcolumn(name = "Consumer", type_ = "string", json_path = ".status.consumer"),
     printcolumn(name = "Pending", type_ = "integer", json_path = ".status.numPending"),

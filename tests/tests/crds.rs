@@ -123,3 +123,65 @@ fn crds_pass_kubernetes_validate() {
     assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
     assert_eq!(text.matches("passed").count(), files.len(), "{text}");
 }
+
+/// Every property of the schema, with its path.
+fn properties<'a>(path: String, s: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+    if let Some(props) = s.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            let p = format!("{path}.{k}");
+            out.push((p.clone(), v));
+            properties(p, v, out);
+        }
+    }
+    if let Some(items) = s.get("items") {
+        properties(format!("{path}[]"), items, out);
+    }
+    if let Some(add) = s.get("additionalProperties").filter(|a| a.is_object()) {
+        properties(format!("{path}{{}}"), add, out);
+    }
+}
+
+#[test]
+fn every_field_of_every_crd_has_a_description_for_kubectl_explain() {
+    let mut missing = Vec::new();
+    let mut counted = 0;
+    for (name, yaml) in causeway_operator::crdgen::render() {
+        let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+        for version in crd["spec"]["versions"].as_array().unwrap() {
+            let schema = &version["schema"]["openAPIV3Schema"];
+            let mut props = Vec::new();
+            properties(String::new(), schema, &mut props);
+            for (path, v) in props {
+                // apiVersion, kind and metadata are described by Kubernetes itself.
+                if matches!(path.as_str(), ".apiVersion" | ".kind" | ".metadata") {
+                    continue;
+                }
+                counted += 1;
+                if v.get("description").and_then(Value::as_str).is_none_or(|d| d.trim().is_empty()) {
+                    missing.push(format!("{name}: {path}"));
+                }
+            }
+        }
+    }
+    assert!(counted > 60, "the walk found only {counted} fields");
+    assert!(missing.is_empty(), "fields without a description (kubectl explain shows nothing):\n{}", missing.join("\n"));
+}
+
+#[test]
+fn printer_columns_show_readiness_reason_target_figures_and_age() {
+    for (name, yaml) in causeway_operator::crdgen::render() {
+        let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+        let cols: Vec<String> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        for want in ["Ready", "Reason", "Age"] {
+            assert!(cols.iter().any(|c| c == want), "{name} lacks a {want} column: {cols:?}");
+        }
+        let figure = ["Events", "Pending"].iter().any(|f| cols.iter().any(|c| c == f));
+        let target = ["Stream", "Inbox", "Consumer"].iter().any(|f| cols.iter().any(|c| c == f));
+        assert!(figure && target, "{name}: {cols:?}");
+    }
+}
