@@ -164,7 +164,11 @@ fn every_field_of_every_crd_has_a_description_for_kubectl_explain() {
         }
     }
     assert!(counted > 60, "the walk found only {counted} fields");
-    assert!(missing.is_empty(), "fields without a description (kubectl explain shows nothing):\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "fields without a description (kubectl explain shows nothing):\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
