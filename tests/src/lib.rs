@@ -342,3 +342,551 @@ pub fn write_file(dir: &TempDir, name: &str, text: &str) -> String {
     std::fs::write(&p, text).expect("write file");
     p.display().to_string()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes: the in-memory API server (tests/kube/kube_emulator.py), kubectl, helm, and the
+// CRDs' printer columns.
+// ---------------------------------------------------------------------------------------------
+
+use std::collections::BTreeMap;
+
+/// A project-local tool, `.tools/bin/<name>` (installed by `scripts/setup.sh --test`), else
+/// `<name>` to be found on PATH.
+fn tool_bin(name: &str) -> PathBuf {
+    let local = workspace_root().join(".tools/bin").join(name);
+    if local.exists() { local } else { PathBuf::from(name) }
+}
+
+/// kubectl: `.tools/bin/kubectl` (pinned, installed by `scripts/setup.sh --test`), else `kubectl`
+/// on PATH.
+pub fn kubectl_bin() -> PathBuf {
+    tool_bin("kubectl")
+}
+
+/// helm: `.tools/bin/helm` (pinned, installed by `scripts/setup.sh --test`), else `helm` on PATH.
+pub fn helm_bin() -> PathBuf {
+    tool_bin("helm")
+}
+
+/// The Python that runs the Kubernetes API emulator: `.tools/bin/python`, which
+/// `scripts/setup.sh --test` creates with kmock==0.8 and PyYAML.
+pub fn tools_python() -> PathBuf {
+    workspace_root().join(".tools/bin/python")
+}
+
+/// The emulator's script, `tests/kube/kube_emulator.py`.
+pub fn kube_emulator_script() -> PathBuf {
+    workspace_root().join("tests/kube/kube_emulator.py")
+}
+
+/// The repository's `crds/` directory.
+pub fn crds_dir() -> PathBuf {
+    workspace_root().join("crds")
+}
+
+/// How to start a [`KubeEmulator`].
+#[derive(Debug, Clone)]
+pub struct KubeEmulatorOptions {
+    /// Log every request to its stderr (`-v`), which [`KubeEmulator::requests_since`] and
+    /// [`KubeEmulator::writes_since`] read. Default true.
+    pub verbose: bool,
+    /// CRD files or directories to register (`--crds`). Default: the repository's `crds/`.
+    pub crds: Vec<PathBuf>,
+    /// The kubeconfig context's namespace (created). Default `default`.
+    pub namespace: Option<String>,
+    /// The Python interpreter. Default [`tools_python`].
+    pub python: PathBuf,
+    /// How long to wait for it to serve. Default 30 s.
+    pub ready_within: Duration,
+}
+
+impl Default for KubeEmulatorOptions {
+    fn default() -> Self {
+        Self {
+            verbose: true,
+            crds: vec![crds_dir()],
+            namespace: None,
+            python: tools_python(),
+            ready_within: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One request from the emulator's `-v` log: `METHOD PATH?QUERY -> STATUS`, in the order the
+/// emulator finished them (a watch is logged when it ends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiRequest {
+    /// GET, POST, PUT, PATCH, DELETE, ...
+    pub method: String,
+    /// The URL path, without the query.
+    pub path: String,
+    /// The query string (without `?`), maybe empty.
+    pub query: String,
+    /// The HTTP status answered.
+    pub status: u16,
+}
+
+impl ApiRequest {
+    /// True for POST, PUT, PATCH and DELETE: requests that may change the API's state (whatever
+    /// their outcome, so a refused write in a loop still shows).
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
+
+    /// True for a watch (`GET ...?watch=true`).
+    pub fn is_watch(&self) -> bool {
+        self.method == "GET" && self.query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1")
+    }
+}
+
+/// A position in the emulator's request log (see [`KubeEmulator::mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestMark(usize);
+
+/// An in-memory Kubernetes API server (`tests/kube/kube_emulator.py`, on kmock) on a random
+/// loopback port, with the repository's CRDs registered, a kubeconfig for kubectl and kube-rs,
+/// and (by default) a request log to count the API writes of whatever talks to it. Killed on
+/// drop.
+///
+/// It is not a real apiserver: no validation, defaulting or admission, server-side apply is a
+/// merge patch, JSON only (`kubectl create ns` fails: use [`KubeEmulator::create_namespace`]),
+/// no garbage collection, and kubectl prints only NAME and AGE (use [`printer_columns`]). The
+/// full list is at the top of `tests/kube/kube_emulator.py`.
+///
+/// Fails loudly (panics, telling to run `scripts/setup.sh --test`) when `.tools/bin/python`
+/// lacks kmock: these tests never skip.
+#[derive(Debug)]
+pub struct KubeEmulator {
+    child: Option<Child>,
+    dir: TempDir,
+    verbose: bool,
+    /// Its URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl KubeEmulator {
+    /// Starts one with the default options (the repository's CRDs, request log on).
+    pub fn start() -> Self {
+        Self::start_with(KubeEmulatorOptions::default())
+    }
+
+    /// Starts one with `opts` and waits until it serves.
+    pub fn start_with(opts: KubeEmulatorOptions) -> Self {
+        check_emulator_python(&opts.python);
+        let dir = TempDir::new("cw-kube");
+        let ready = dir.path().join("ready");
+        let log = std::fs::File::create(dir.path().join("emulator.log")).expect("emulator log file");
+        let mut cmd = Command::new(&opts.python);
+        cmd.arg(kube_emulator_script()).args(["--port", "0", "--host", "127.0.0.1"]);
+        for c in &opts.crds {
+            cmd.arg("--crds").arg(c);
+        }
+        cmd.arg("--kubeconfig").arg(dir.path().join("kubeconfig")).arg("--ready-file").arg(&ready);
+        if let Some(ns) = &opts.namespace {
+            cmd.args(["--namespace", ns]);
+        }
+        if opts.verbose {
+            cmd.arg("-v");
+        }
+        let child = cmd
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}; run scripts/setup.sh --test", opts.python.display()));
+        let mut emu = Self { child: Some(child), dir, verbose: opts.verbose, url: String::new() };
+        let deadline = Instant::now() + opts.ready_within;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&ready)
+                && s.ends_with('\n')
+            {
+                emu.url = s.trim().to_string();
+                break;
+            }
+            if let Some(Ok(Some(status))) = emu.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "the Kubernetes API emulator exited before serving ({status}); \
+                     run scripts/setup.sh --test if a module is missing. Its log:\n{}",
+                    emu.log()
+                );
+            }
+            if Instant::now() >= deadline {
+                emu.kill();
+                panic!(
+                    "the Kubernetes API emulator did not serve within {:?}. Its log:\n{}",
+                    opts.ready_within,
+                    emu.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        emu
+    }
+
+    /// The kubeconfig it wrote (plain http, no auth, context `kube-emulator`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// Its scratch directory (kubeconfig, log, kubectl's cache).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `kubectl --kubeconfig <ours> <args>` ([`kubectl_bin`]), with its own discovery cache
+    /// and a 30 s request timeout (a later `--request-timeout` in `args` wins).
+    pub fn kubectl(&self, args: &[&str]) -> Run {
+        self.kubectl_with_stdin(args, None)
+    }
+
+    /// `kubectl apply -f -` with `yaml` on stdin.
+    pub fn kubectl_apply_yaml(&self, yaml: &str) -> Run {
+        self.kubectl_with_stdin(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// Runs kubectl with `args` plus `-o json`, asserts that it succeeded and parses its output.
+    pub fn kubectl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let r = self.kubectl(&all);
+        assert_eq!(r.code, 0, "kubectl {all:?} failed: {}{}", r.stdout, r.stderr);
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("kubectl {all:?}: not JSON ({e}): {}", r.stdout))
+    }
+
+    /// Creates namespace `name` with `kubectl apply` (the emulator refuses `kubectl create ns`,
+    /// which sends protobuf) and asserts that it worked.
+    pub fn create_namespace(&self, name: &str) {
+        let r = self.kubectl_apply_yaml(&format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"));
+        assert_eq!(r.code, 0, "kubectl apply namespace {name}: {}{}", r.stdout, r.stderr);
+    }
+
+    fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut cmd = Command::new(kubectl_bin());
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .arg("--request-timeout=30s")
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot run {}: {e}; run scripts/setup.sh --test (it installs kubectl)", kubectl_bin().display())
+        });
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().expect("kubectl stdin");
+            pipe.write_all(text.as_bytes()).expect("write kubectl stdin");
+        }
+        let out = child.wait_with_output().expect("wait for kubectl");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// A kube-rs client for it (from its kubeconfig).
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("read the emulator's kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("kube config from the emulator's kubeconfig");
+        kube::Client::try_from(config).expect("kube client")
+    }
+
+    /// Its stderr so far: startup lines, errors and, with `verbose`, one line per request.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("emulator.log")).unwrap_or_default()
+    }
+
+    /// Every request it has finished, from its `-v` log. Panics when started without `verbose`.
+    pub fn requests(&self) -> Vec<ApiRequest> {
+        assert!(self.verbose, "start the KubeEmulator with verbose: true to read its requests");
+        self.log().lines().filter_map(parse_request_line).collect()
+    }
+
+    /// The current end of the request log: pass it to [`Self::requests_since`] or
+    /// [`Self::writes_since`].
+    ///
+    /// A request is logged just before its answer is sent, so whatever a finished kubectl or an
+    /// awaited kube-rs call did is in the log.
+    pub fn mark(&self) -> RequestMark {
+        RequestMark(self.requests().len())
+    }
+
+    /// Requests finished after `mark`.
+    pub fn requests_since(&self, mark: RequestMark) -> Vec<ApiRequest> {
+        self.requests().into_iter().skip(mark.0).collect()
+    }
+
+    /// Write requests (POST, PUT, PATCH, DELETE) finished after `mark`, counted by URL path
+    /// (without the query), e.g. `/apis/causeway.dev/v1alpha1/namespaces/shop/eventstores/orders/status`.
+    /// Empty when nothing was written: "no writes while idle" is
+    /// `assert!(emu.writes_since(mark).is_empty())`. Every write counts, including no-ops (the
+    /// emulator keeps the resourceVersion but the request was made), refused ones, Lease renewals
+    /// of leader election (`/apis/coordination.k8s.io/...`) and Events: filter the map by path
+    /// to leave out what a test allows.
+    pub fn writes_since(&self, mark: RequestMark) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.requests_since(mark).into_iter().filter(ApiRequest::is_write) {
+            *out.entry(r.path).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// All write requests since it started, counted by URL path.
+    pub fn writes(&self) -> BTreeMap<String, usize> {
+        self.writes_since(RequestMark(0))
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for KubeEmulator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `METHOD PATH?QUERY -> STATUS`, as `Emulator.__call__` logs it with `-v`.
+fn parse_request_line(line: &str) -> Option<ApiRequest> {
+    let (req, status) = line.rsplit_once(" -> ")?;
+    let (method, target) = req.split_once(' ')?;
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
+        return None;
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Some(ApiRequest {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        status: status.trim().parse().ok()?,
+    })
+}
+
+/// Panics, telling to run `scripts/setup.sh --test`, unless `python` is Python >= 3.11 with
+/// kmock 0.8 and PyYAML (what the emulator needs).
+fn check_emulator_python(python: &Path) {
+    const CHECK: &str = "import sys, importlib.util, importlib.metadata as m\n\
+        missing = [n for n in ('kmock', 'yaml', 'aiohttp', 'jsonpatch') if importlib.util.find_spec(n) is None]\n\
+        if sys.version_info < (3, 11): sys.exit(f'Python {sys.version.split()[0]} is older than 3.11')\n\
+        if missing: sys.exit('missing modules: ' + ', '.join(missing))\n\
+        if m.version('kmock') != '0.8': sys.exit('kmock ' + m.version('kmock') + ' is installed, not 0.8')\n";
+    let out = Command::new(python).args(["-c", CHECK]).stdin(Stdio::null()).output();
+    let why = match out {
+        Ok(o) if o.status.success() => return,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("cannot run it: {e}"),
+    };
+    panic!(
+        "the Kubernetes tests need {} with kmock==0.8 and pyyaml to run tests/kube/kube_emulator.py \
+         ({why}): run scripts/setup.sh --test. These tests never skip.",
+        python.display()
+    );
+}
+
+/// The `additionalPrinterColumns` of a CRD (`crd_yaml`, e.g. a file of `crds/`) evaluated on
+/// `object` (a live object of that CRD, e.g. from `kubectl get -o json`): `(column name, cell)`
+/// per column, in order, `None` where kubectl would print `<none>`. The emulator renders no
+/// tables, so this is how a test checks what `kubectl get` would show.
+///
+/// Cells are what the apiserver puts in its table: the first JSONPath match, checked against the
+/// column's type (`integer`, `number`, `boolean`: `None` when the value is not of that type;
+/// `string`: strings as they are, other values as JSON). A `date` cell is the timestamp itself
+/// (kubectl would print its age), or `<invalid>` when it is not RFC 3339.
+///
+/// Every column is returned, also those with `priority` > 0 that kubectl shows only with
+/// `-o wide`.
+///
+/// JSONPath forms understood: `.a.b`, `['a']`, `[N]`, `[*]` and filters
+/// `[?(@.a.b == "x")]` / `!=` with a string, number or boolean, or `[?(@.a)]`. Anything else
+/// panics, so a column no test can evaluate does not pass silently.
+pub fn printer_columns(crd_yaml: &str, object: &serde_json::Value) -> Vec<(String, Option<String>)> {
+    let crd: serde_json::Value = serde_yaml::from_str(crd_yaml).expect("CRD YAML");
+    let spec = &crd["spec"];
+    let api_version = object["apiVersion"].as_str().expect("object has an apiVersion");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    assert_eq!(group, spec["group"].as_str().unwrap_or_default(), "object {api_version} is not of this CRD's group");
+    assert_eq!(object["kind"], spec["names"]["kind"], "object is not of this CRD's kind");
+    let versions = spec["versions"].as_array().expect("CRD spec.versions");
+    let ver =
+        versions.iter().find(|v| v["name"] == version).unwrap_or_else(|| panic!("the CRD serves no version {version}"));
+    let columns = ver["additionalPrinterColumns"]
+        .as_array()
+        .or_else(|| spec["additionalPrinterColumns"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    columns
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().expect("column name").to_string();
+            let path = c["jsonPath"].as_str().expect("column jsonPath");
+            let ty = c["type"].as_str().expect("column type");
+            let cell = jsonpath(path, object).first().and_then(|v| printer_cell(ty, v));
+            (name, cell)
+        })
+        .collect()
+}
+
+fn printer_cell(ty: &str, v: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match (ty, v) {
+        (_, Value::Null) => None,
+        ("integer", Value::Number(n)) => {
+            // The apiserver truncates a float to an integer.
+            n.as_i64()
+                .map(|i| i.to_string())
+                .or_else(|| n.as_u64().map(|u| u.to_string()))
+                .or_else(|| n.as_f64().map(|f| (f as i64).to_string()))
+        }
+        ("number", Value::Number(n)) => Some(n.to_string()),
+        ("boolean", Value::Bool(b)) => Some(b.to_string()),
+        ("date", Value::String(s)) => {
+            Some(if chrono::DateTime::parse_from_rfc3339(s).is_ok() { s.clone() } else { "<invalid>".to_string() })
+        }
+        ("string", Value::String(s)) => Some(s.clone()),
+        ("string", other) => Some(other.to_string()),
+        ("integer" | "number" | "boolean" | "date", _) => None,
+        (other, _) => panic!("printer column type {other:?} is not one of string, integer, number, boolean, date"),
+    }
+}
+
+/// One step of a JSONPath.
+#[derive(Debug)]
+enum PathStep {
+    Field(String),
+    Index(usize),
+    All,
+    Filter { path: Vec<String>, test: Option<(bool, serde_json::Value)> },
+}
+
+/// Evaluates the simple JSONPath forms of [`printer_columns`]; every match, in order.
+fn jsonpath<'a>(path: &str, root: &'a serde_json::Value) -> Vec<&'a serde_json::Value> {
+    let steps = parse_jsonpath(path).unwrap_or_else(|why| panic!("unsupported JSONPath {path:?}: {why}"));
+    let mut cur = vec![root];
+    for step in &steps {
+        let mut next = Vec::new();
+        for v in cur {
+            match step {
+                PathStep::Field(f) => next.extend(v.get(f.as_str())),
+                PathStep::Index(i) => next.extend(v.get(*i)),
+                PathStep::All => match v {
+                    serde_json::Value::Array(a) => next.extend(a.iter()),
+                    serde_json::Value::Object(o) => next.extend(o.values()),
+                    _ => {}
+                },
+                PathStep::Filter { path, test } => {
+                    for item in v.as_array().into_iter().flatten() {
+                        let mut at = Some(item);
+                        for f in path {
+                            at = at.and_then(|x| x.get(f.as_str()));
+                        }
+                        let keep = match (at, test) {
+                            (None, _) => false,
+                            (Some(_), None) => true,
+                            (Some(x), Some((eq, lit))) => json_eq(x, lit) == *eq,
+                        };
+                        if keep {
+                            next.push(item);
+                        }
+                    }
+                }
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn parse_jsonpath(path: &str) -> Result<Vec<PathStep>, String> {
+    let mut s = path.trim();
+    if let Some(inner) = s.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+        s = inner.trim();
+    }
+    s = s.strip_prefix('$').unwrap_or(s);
+    let mut steps = Vec::new();
+    while !s.is_empty() {
+        if let Some(rest) = s.strip_prefix('.') {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            let name = &rest[..end];
+            if name.is_empty() {
+                return Err("empty field name (recursive descent `..` is not supported)".into());
+            }
+            steps.push(if name == "*" { PathStep::All } else { PathStep::Field(name.to_string()) });
+            s = &rest[end..];
+        } else if let Some(rest) = s.strip_prefix("[?(") {
+            let end = rest.find(")]").ok_or("unclosed filter")?;
+            steps.push(parse_filter(rest[..end].trim())?);
+            s = &rest[end + 2..];
+        } else if let Some(rest) = s.strip_prefix('[') {
+            let end = rest.find(']').ok_or("unclosed [")?;
+            let inner = rest[..end].trim();
+            steps.push(if inner == "*" {
+                PathStep::All
+            } else if let Ok(i) = inner.parse::<usize>() {
+                PathStep::Index(i)
+            } else if let Some(q) = unquote(inner) {
+                PathStep::Field(q)
+            } else {
+                return Err(format!("unsupported subscript [{inner}]"));
+            });
+            s = &rest[end + 1..];
+        } else {
+            return Err(format!("unexpected {s:?}"));
+        }
+    }
+    Ok(steps)
+}
+
+fn parse_filter(expr: &str) -> Result<PathStep, String> {
+    let (lhs, test) = match expr.find(['=', '!']) {
+        Some(i) if expr[i..].starts_with("==") => (&expr[..i], Some((true, &expr[i + 2..]))),
+        Some(i) if expr[i..].starts_with("!=") => (&expr[..i], Some((false, &expr[i + 2..]))),
+        Some(_) => return Err(format!("unsupported operator in filter {expr:?}")),
+        None => (expr, None),
+    };
+    let lhs = lhs.trim().strip_prefix("@.").ok_or_else(|| format!("filter {expr:?} does not start with @."))?;
+    let path: Vec<String> = lhs.split('.').map(str::to_string).collect();
+    if path.iter().any(|p| p.is_empty() || p.contains(['[', ']', ' ', '<', '>', '&', '|'])) {
+        return Err(format!("unsupported filter {expr:?}"));
+    }
+    let test = match test {
+        None => None,
+        Some((eq, lit)) => {
+            let lit = lit.trim();
+            let value = if let Some(q) = unquote(lit) {
+                serde_json::Value::String(q)
+            } else {
+                serde_json::from_str(lit).map_err(|_| format!("unsupported literal {lit:?} in filter"))?
+            };
+            Some((eq, value))
+        }
+    };
+    Ok(PathStep::Filter { path, test })
+}
+
+fn unquote(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    (b.len() >= 2 && (b[0] == b'"' || b[0] == b'\'') && b[b.len() - 1] == b[0]).then(|| s[1..s.len() - 1].to_string())
+}
