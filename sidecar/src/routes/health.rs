@@ -30,7 +30,7 @@ pub fn readyz(state: &State, query: Option<&str>) -> Resp {
     let clock = *state.clock_restored.borrow();
     let ready = nats && registry && clock && app_ok;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json(
+    let mut r = json(
         status,
         &json!({
             "ready": ready,
@@ -40,7 +40,12 @@ pub fn readyz(state: &State, query: Option<&str>) -> Resp {
             "appHealthy": app_healthy,
             "appSeen": app_seen,
         }),
-    )
+    );
+    if !ready {
+        // Like every other 503 of the sidecar: a client polling readiness learns when to ask again.
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+    }
+    r
 }
 
 /// Prometheus metrics in the OpenMetrics text format.
