@@ -25,7 +25,11 @@ pub async fn keep(state: Arc<State>) {
     let bucket = state.state_bucket();
     // Restore: retry until the node's bucket is reachable (NATS may still be connecting).
     let mut saved = loop {
-        match restore(&state, &bucket).await {
+        let restored = tokio::select! {
+            r = restore(&state, &bucket) => r,
+            _ = until_true(&mut stop) => return,
+        };
+        match restored {
             Ok(v) => break v,
             Err(e) => debug!(error = %e, "clock not restored yet"),
         }

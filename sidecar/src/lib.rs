@@ -70,8 +70,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
         let _ = clock.await;
         if state.nats_connected() {
             state.live.delete_all(&state.js).await;
+            let _ = tokio::time::timeout(TEARDOWN_MARGIN, state.client.flush()).await;
         }
-        let _ = tokio::time::timeout(TEARDOWN_MARGIN, state.client.flush()).await;
     };
     if tokio::time::timeout(left, teardown).await.is_err() {
         tracing::warn!("NATS did not let the sidecar finish in time; stopping anyway");

@@ -160,7 +160,10 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
         }
         let c = match &consumer {
             Some(c) => c.clone(),
-            None => match state.js.get_consumer_from_stream::<pull::Config, _, _>(&l.consumer, &l.stream).await {
+            None => match tokio::select! {
+                c = state.js.get_consumer_from_stream::<pull::Config, _, _>(&l.consumer, &l.stream) => c,
+                _ = crate::flag::until_true(&mut stop) => break,
+            } {
                 Ok(c) => {
                     consumer = Some(c.clone());
                     c
@@ -186,7 +189,11 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
                 Err(_) => break,
             }
         }
-        let batch = c.batch().max_messages(held.len()).expires(PULL_EXPIRES).messages().await;
+        // Asking NATS can hang while it is away: a stop must not wait for it.
+        let batch = tokio::select! {
+            b = c.batch().max_messages(held.len()).expires(PULL_EXPIRES).messages() => b,
+            _ = crate::flag::until_true(&mut stop) => break,
+        };
         let mut batch = match batch {
             Ok(b) => b,
             Err(e) => {
@@ -544,7 +551,7 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
         }
         let out = match (node, store, subject) {
             (Some(n), None, None) => {
-                let target = match state.registry.node(&state.client, &n).await {
+                let target = match state.registry.node(&state.client, &state.link, state.config.nats_wait, &n).await {
                     Ok(t) => t,
                     Err(e) if e.status().is_server_error() => {
                         return Err(Outcome::Retry { status: None, error: format!("emit [{i}]: {e}") });

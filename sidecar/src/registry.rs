@@ -213,7 +213,13 @@ impl Registry {
     }
 
     /// Resolves `name` or `namespace.name` to a node.
-    pub async fn node(&self, client: &async_nats::Client, target: &str) -> Result<Arc<NodeRecord>> {
+    pub async fn node(
+        &self,
+        client: &async_nats::Client,
+        link: &Link,
+        wait: Duration,
+        target: &str,
+    ) -> Result<Arc<NodeRecord>> {
         self.ready()?;
         let (ns, name) = match target.split_once('.') {
             Some((ns, name)) => (ns, name),
@@ -234,7 +240,9 @@ impl Registry {
         {
             return rec.clone().ok_or_else(unknown);
         }
-        let rec = match direct_last(client, &registry_stream(), &naming::registry_kv_subject(&key)).await? {
+        let (stream, subject) = (registry_stream(), naming::registry_kv_subject(&key));
+        let read = crate::nats::resilient(link, wait, || direct_last(client, &stream, &subject)).await?;
+        let rec = match read {
             Some(m) if !is_delete(&m.headers) => match Record::from_bytes(&m.payload) {
                 Ok(Record::Node(n)) => Some(Arc::new(n)),
                 _ => None,

@@ -576,12 +576,10 @@ async fn nats_staying_down_answers_503_within_the_configured_wait() {
     }
 }
 
-/// Known bug, in `registry.rs` (not fixed here): with NATS down, a send to a node of another
-/// namespace (`namespace.name`, not cached) looks the node up with a direct get that does not wait
-/// for the connection, and answers 504 `timeout` after the 5s direct-get timeout, whatever
-/// `CAUSEWAY_NATS_WAIT` says, instead of a 503 after the wait.
+/// With NATS down, a send to a node of another namespace (`namespace.name`, not cached) waits
+/// for NATS only as long as `CAUSEWAY_NATS_WAIT` says, then answers 503 (it used to answer 504
+/// after the 5s direct-get timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug in registry.rs: a send to another namespace answers 504 after 5s while NATS is down"]
 async fn a_send_to_another_namespace_answers_within_the_configured_wait_while_nats_is_down() {
     let (mut server, sc) = setup(&[("CAUSEWAY_NATS_WAIT", "1s")]).await;
     let c = http();
@@ -596,12 +594,9 @@ async fn a_send_to_another_namespace_answers_within_the_configured_wait_while_na
     a.assert_temporary("send to another namespace");
 }
 
-/// Known bug, in `routes/listeners.rs` (not fixed here): with NATS down, `GET /v1/listeners` asks
-/// JetStream for each listener's consumer in turn without waiting for the connection first, so it
-/// answers only after ~10s per listener, with 200 and `"consumer … not found: timed out"` in
-/// place of the figures, instead of a 503 with `Retry-After` after `CAUSEWAY_NATS_WAIT`.
+/// With NATS down, `GET /v1/listeners` answers 503 with `Retry-After` after `CAUSEWAY_NATS_WAIT`
+/// (it used to answer 200 after ~10s per listener, with "consumer … not found" in the figures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug in routes/listeners.rs: the listener list waits ~10s per listener while NATS is down"]
 async fn the_listener_list_answers_within_the_configured_wait_while_nats_is_down() {
     let (mut server, sc) = setup(&[("CAUSEWAY_NATS_WAIT", "1s")]).await;
     let c = http();

@@ -29,6 +29,7 @@ pub async fn list(state: &State, req: &http::Request<hyper::body::Incoming>) -> 
     Query::parse(req.uri().query(), &[])?;
     Conditions::parse(req.headers(), Support::None, "the listener list takes no condition")?;
     state.registry.ready()?;
+    state.link.connected(state.config.nats_wait).await?;
     let mut out = Vec::new();
     for l in state.registry.own_listeners() {
         let figures = match state.js.get_consumer_from_stream::<pull::Config, _, _>(&l.consumer, &l.stream).await {
@@ -42,7 +43,7 @@ pub async fn list(state: &State, req: &http::Request<hyper::body::Incoming>) -> 
                 }),
                 Err(e) => json!({"error": e.to_string()}),
             },
-            Err(e) => json!({"error": format!("consumer {} not found: {e}", l.consumer)}),
+            Err(e) => json!({"error": format!("consumer {}: {e}", l.consumer)}),
         };
         out.push(describe(&l, figures));
     }
