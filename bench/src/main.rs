@@ -6,6 +6,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod operator;
 mod reconcile;
 mod sidecar;
 
@@ -15,12 +16,13 @@ async fn main() {
     match what.as_str() {
         "reconcile" => reconcile::run().await,
         "sidecar" => sidecar::run().await,
+        "operator" => operator::run().await,
         "all" => {
             reconcile::run().await;
             sidecar::run().await;
         }
         other => {
-            eprintln!("unknown benchmark {other:?}: use reconcile, sidecar or all");
+            eprintln!("unknown benchmark {other:?}: use reconcile, sidecar, operator or all");
             std::process::exit(64);
         }
     }

@@ -28,11 +28,13 @@ pub fn workspace_root() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    // Tests run from target/<profile>/deps/, so the binaries sit next to that.
+    // Tests run from target/<profile>/deps/, so the binaries sit next to that; a binary such as
+    // causeway-bench runs from target/<profile>/ itself.
     let exe = std::env::current_exe().expect("current exe");
+    let beside = exe.parent().map(|d| d.join(name)).filter(|p| p.exists());
     let profile_dir =
         exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| target.join("debug"));
-    let p = profile_dir.join(name);
+    let p = beside.unwrap_or_else(|| profile_dir.join(name));
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
@@ -465,6 +467,11 @@ pub struct KubeEmulator {
 }
 
 impl KubeEmulator {
+    /// Its process id while it runs (for CPU and memory figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts one with the default options (the repository's CRDs, request log on).
     pub fn start() -> Self {
         Self::start_with(KubeEmulatorOptions::default())
@@ -889,4 +896,267 @@ fn parse_filter(expr: &str) -> Result<PathStep, String> {
 fn unquote(s: &str) -> Option<String> {
     let b = s.as_bytes();
     (b.len() >= 2 && (b[0] == b'"' || b[0] == b'\'') && b[b.len() - 1] == b[0]).then(|| s[1..s.len() - 1].to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator as a process: `causeway operator` against a kubeconfig (the emulator's or a real
+// cluster's) and a nats-server, with its health endpoint, metrics and log.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `kubectl --kubeconfig <kubeconfig> --cache-dir <cache_dir> --request-timeout=30s <args>`
+/// ([`kubectl_bin`]) with `stdin`, for any cluster (e.g. a real one); [`KubeEmulator::kubectl`] is
+/// the same for the emulator.
+pub fn kubectl_at(kubeconfig: &Path, cache_dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = Command::new(kubectl_bin());
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache_dir)
+        .arg("--request-timeout=30s")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot run {}: {e}; run scripts/setup.sh --test (it installs kubectl)", kubectl_bin().display())
+    });
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("kubectl stdin");
+        pipe.write_all(text.as_bytes()).expect("write kubectl stdin");
+    }
+    let out = child.wait_with_output().expect("wait for kubectl");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A kube-rs client from a kubeconfig file (the emulator's, or a real cluster's).
+pub async fn kube_client_at(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", kubeconfig.display()));
+    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("kube config from {}: {e}", kubeconfig.display()));
+    kube::Client::try_from(config).expect("kube client")
+}
+
+/// How to start an [`Operator`]: the flags of `causeway operator`, in order. Build with
+/// [`OperatorOptions::new`], change with [`OperatorOptions::flag`] / [`OperatorOptions::switch`],
+/// then [`OperatorOptions::start`].
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// `(flag, value)`; a switch has no value. A later [`Self::flag`] replaces an earlier one.
+    pub flags: Vec<(String, Option<String>)>,
+    /// `CAUSEWAY_LOG` (default `info`).
+    pub log_filter: String,
+    /// A name for its log in failure messages (default `operator`).
+    pub name: String,
+}
+
+impl OperatorOptions {
+    /// `--kubeconfig <kubeconfig> --nats <nats> --health-addr 127.0.0.1:<free port>`, everything
+    /// else at its default (leader election on, resync 60s...).
+    pub fn new(kubeconfig: &Path, nats: &str) -> Self {
+        let o = Self { flags: Vec::new(), log_filter: "info".into(), name: "operator".into() };
+        o.flag("--kubeconfig", &kubeconfig.display().to_string())
+            .flag("--nats", nats)
+            .flag("--health-addr", &format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// Sets `name value`, replacing an earlier value of `name`.
+    pub fn flag(mut self, name: &str, value: &str) -> Self {
+        self.flags.retain(|(n, _)| n != name);
+        self.flags.push((name.to_string(), Some(value.to_string())));
+        self
+    }
+
+    /// Adds the switch `name` (e.g. `--no-leader-election`).
+    pub fn switch(mut self, name: &str) -> Self {
+        self.flags.retain(|(n, _)| n != name);
+        self.flags.push((name.to_string(), None));
+        self
+    }
+
+    /// Sets the name used in failure messages.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.flags.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Starts it and waits until its health endpoint answers (not until it is ready: see
+    /// [`Operator::wait_ready`]). Panics, with its log, if it exits or does not serve in 30 s.
+    pub fn start(&self) -> Operator {
+        let dir = TempDir::new("cw-operator");
+        let log_path = dir.path().join("operator.log");
+        let log = std::fs::File::create(&log_path).expect("operator log file");
+        let health_addr = self.get("--health-addr").expect("--health-addr").to_string();
+        let mut cmd = Command::new(bin("causeway"));
+        cmd.arg("operator");
+        for (n, v) in &self.flags {
+            cmd.arg(n);
+            if let Some(v) = v {
+                cmd.arg(v);
+            }
+        }
+        for var in ["KUBECONFIG", "POD_NAME", "POD_NAMESPACE", "CAUSEWAY_LOG_FORMAT"] {
+            cmd.env_remove(var);
+        }
+        let child = cmd
+            .env("CAUSEWAY_LOG", &self.log_filter)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start causeway operator");
+        let mut op = Operator {
+            child: Some(child),
+            dir,
+            log_path,
+            health: format!("http://{health_addr}"),
+            name: self.name.clone(),
+            options: self.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, _)) = http_get(&op.health, "/healthz") {
+                return op;
+            }
+            if !op.is_running() {
+                panic!("{} exited before serving /healthz; its log:\n{}", op.name, op.log());
+            }
+            assert!(Instant::now() < deadline, "{} did not serve /healthz in 30 s; its log:\n{}", op.name, op.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// A running `causeway operator` ([`OperatorOptions::start`]): SIGKILLed on drop, and its log's
+/// tail printed when the test is panicking.
+#[derive(Debug)]
+pub struct Operator {
+    child: Option<Child>,
+    dir: TempDir,
+    log_path: PathBuf,
+    /// `http://127.0.0.1:PORT` of /healthz, /readyz and /metrics.
+    pub health: String,
+    /// Its name in failure messages.
+    pub name: String,
+    /// How it was started (to start another like it).
+    pub options: OperatorOptions,
+}
+
+impl Operator {
+    /// `GET /readyz`: status code and JSON body; `None` when it does not answer.
+    pub fn readyz(&self) -> Option<(u16, serde_json::Value)> {
+        let (code, body) = http_get(&self.health, "/readyz")?;
+        Some((code, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// Waits until `/readyz` answers 200; panics with its log after `within`.
+    pub fn wait_ready(&mut self, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let last = self.readyz();
+            if let Some((200, v)) = last {
+                return v;
+            }
+            assert!(self.is_running(), "{} exited; its log:\n{}", self.name, self.log());
+            assert!(Instant::now() < deadline, "{} not ready within {within:?}: last /readyz {last:?}", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `GET /metrics` (OpenMetrics text); empty when it does not answer.
+    pub fn metrics(&self) -> String {
+        http_get(&self.health, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// The value of the sample `series` (a metric name with its labels as rendered, e.g.
+    /// `causeway_operator_leader` or `causeway_operator_objects{kind="Listener",ready="true"}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&self.metrics(), series)
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL (a crash: no lease release, reconciles cut off), and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and waits up to `within` for it to exit (then SIGKILL). Its exit code, `None`
+    /// when it had to be killed.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Its scratch directory (its log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(300);
+            eprintln!(
+                "----- {} ({}) log, last {} of {} lines -----\n{}\n----- end of {} log -----",
+                self.name,
+                self.health,
+                lines.len() - from,
+                lines.len(),
+                lines[from..].join("\n"),
+                self.name
+            );
+        }
+    }
+}
+
+/// The value of the sample `series` in Prometheus/OpenMetrics `text` (see [`Operator::metric`]).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use causeway_api::Kind;
 use kube::runtime::events::{Recorder, Reporter};
 
 use super::metrics::Metrics;
@@ -68,13 +69,15 @@ pub struct Context {
     /// Options.
     pub opts: Options,
     failures: Mutex<HashMap<String, u32>>,
+    /// Cleanups that could not reach NATS and let their object go: the sweep retries them.
+    deferred: Mutex<std::collections::BTreeSet<(Kind, String, String)>>,
 }
 
 impl Context {
     /// A context; events are reported as `reporter`.
     pub fn new(kube: kube::Client, core: Reconciler, reporter: Reporter, metrics: Arc<Metrics>, opts: Options) -> Self {
         let recorder = Recorder::new(kube.clone(), reporter);
-        Self { kube, core, recorder, metrics, opts, failures: Mutex::default() }
+        Self { kube, core, recorder, metrics, opts, failures: Mutex::default(), deferred: Mutex::default() }
     }
 
     /// The next backoff for `key` after another failure: 1 s, 2 s, 4 s, … up to `max_backoff`.
@@ -83,6 +86,21 @@ impl Context {
         let n = f.entry(key.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
         backoff_after(*n, self.opts.max_backoff)
+    }
+
+    /// Remembers a cleanup left for the sweep.
+    pub fn defer_cleanup(&self, kind: Kind, ns: &str, name: &str) {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).insert((kind, ns.to_owned(), name.to_owned()));
+    }
+
+    /// The cleanups left for the sweep.
+    pub fn deferred_cleanups(&self) -> Vec<(Kind, String, String)> {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// Forgets a cleanup the sweep has done.
+    pub fn cleaned_up(&self, kind: Kind, ns: &str, name: &str) {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).remove(&(kind, ns.to_owned(), name.to_owned()));
     }
 
     /// Forgets the failures of `key` after a success.

@@ -252,6 +252,7 @@ async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error
             if K::KIND == causeway_api::Kind::Listener { " and consumer are" } else { " is" }
         );
         publish(ctx, &*obj, EventType::Warning, "CleanupDeferred", "Delete", &note).await;
+        ctx.defer_cleanup(K::KIND, ns.as_str(), name.as_str());
         ctx.metrics.reconciled(kind, "cleanup", started);
         return Ok(Action::await_change());
     }
