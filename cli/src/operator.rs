@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use causeway_api::quantity::Duration;
-use causeway_operator::controller::{self, Options, Settings, health::Health, leader::LeaseOptions, metrics::Metrics};
+use causeway_operator::{
+    controller::{self, Options, Settings, health::Health, leader::LeaseOptions, metrics::Metrics},
+    webhook::{WebhookConfig, inject, inject::InjectConfig},
+};
 use clap::Args;
 
 use crate::{EXIT_INVALID, EXIT_NOT_READY, nats::NatsArgs};
@@ -55,6 +58,97 @@ pub struct OperatorArgs {
     /// Replicas of the shared buckets (registry, global KV, blob store) when first created.
     #[arg(long, env = "CAUSEWAY_REGISTRY_REPLICAS", default_value_t = 1)]
     pub registry_replicas: usize,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+/// The sidecar-injection webhook and what it injects.
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// Do not serve the sidecar-injection webhook.
+    #[arg(long, env = "CAUSEWAY_NO_WEBHOOK")]
+    pub no_webhook: bool,
+    /// Where the webhook listens (TLS).
+    #[arg(long, env = "CAUSEWAY_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// The Service in front of the webhook; its DNS names go into the certificate.
+    #[arg(long, env = "CAUSEWAY_WEBHOOK_SERVICE", default_value = "causeway-webhook")]
+    pub webhook_service: String,
+    /// The Secret (in the operator's namespace) holding the webhook's CA and certificate.
+    #[arg(long, env = "CAUSEWAY_WEBHOOK_SECRET", default_value = "causeway-webhook-tls")]
+    pub webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle the operator sets and keeps (empty: none).
+    #[arg(long, env = "CAUSEWAY_WEBHOOK_CONFIG", default_value = "causeway-sidecar-injector")]
+    pub webhook_config: String,
+    /// Serve tls.crt and tls.key from this directory (cert-manager, or your own certificate)
+    /// instead of managing a CA; the caBundle is then left to whoever issued them.
+    #[arg(long, env = "CAUSEWAY_WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+    /// The sidecar image (it holds causeway-sidecar).
+    #[arg(long, env = "CAUSEWAY_SIDECAR_IMAGE", default_value = "ghcr.io/causeway-dev/causeway:0.1.0")]
+    pub sidecar_image: String,
+    /// The sidecar image's pull policy.
+    #[arg(long, env = "CAUSEWAY_SIDECAR_IMAGE_PULL_POLICY")]
+    pub sidecar_image_pull_policy: Option<String>,
+    /// NATS URL(s) for sidecars (default: the operator's).
+    #[arg(long, env = "CAUSEWAY_SIDECAR_NATS_URL")]
+    pub sidecar_nats_url: Option<String>,
+    /// A Secret expected in each app namespace with the sidecars' NATS credentials under key `creds`.
+    #[arg(long, env = "CAUSEWAY_SIDECAR_CREDS_SECRET")]
+    pub sidecar_creds_secret: Option<String>,
+    /// Default sidecar CPU request (a pod's causeway.dev/sidecar-cpu-request overrides it).
+    #[arg(long, env = "CAUSEWAY_SIDECAR_CPU_REQUEST", default_value = "10m")]
+    pub sidecar_cpu_request: String,
+    /// Default sidecar memory request.
+    #[arg(long, env = "CAUSEWAY_SIDECAR_MEMORY_REQUEST", default_value = "32Mi")]
+    pub sidecar_memory_request: String,
+    /// Default sidecar CPU limit (none unless set).
+    #[arg(long, env = "CAUSEWAY_SIDECAR_CPU_LIMIT")]
+    pub sidecar_cpu_limit: Option<String>,
+    /// Default sidecar memory limit.
+    #[arg(long, env = "CAUSEWAY_SIDECAR_MEMORY_LIMIT", default_value = "128Mi")]
+    pub sidecar_memory_limit: String,
+    /// The sidecars' log filter.
+    #[arg(long, env = "CAUSEWAY_SIDECAR_LOG")]
+    pub sidecar_log: Option<String>,
+}
+
+impl WebhookArgs {
+    fn config(&self, nats_url: &str, namespace: &str) -> Result<Option<WebhookConfig>, String> {
+        if self.no_webhook {
+            return Ok(None);
+        }
+        let mut resources = std::collections::BTreeMap::new();
+        for (kind, res, q) in [
+            ("requests", "cpu", Some(&self.sidecar_cpu_request)),
+            ("requests", "memory", Some(&self.sidecar_memory_request)),
+            ("limits", "cpu", self.sidecar_cpu_limit.as_ref()),
+            ("limits", "memory", Some(&self.sidecar_memory_limit)),
+        ] {
+            let Some(q) = q.filter(|q| !q.trim().is_empty()) else { continue };
+            if !inject::valid_quantity(q) {
+                return Err(format!("sidecar {res} {kind}: {q:?} is not a resource quantity, e.g. 100m or 64Mi"));
+            }
+            resources.insert((kind.to_owned(), res.to_owned()), q.trim().to_owned());
+        }
+        Ok(Some(WebhookConfig {
+            addr: self.webhook_addr,
+            service: self.webhook_service.clone(),
+            namespace: namespace.to_owned(),
+            secret: self.webhook_secret.clone(),
+            config_name: Some(self.webhook_config.trim().to_owned()).filter(|n| !n.is_empty()),
+            cert_dir: self.webhook_cert_dir.clone(),
+            inject: InjectConfig {
+                image: self.sidecar_image.clone(),
+                image_pull_policy: self.sidecar_image_pull_policy.clone(),
+                nats_url: self.sidecar_nats_url.clone().unwrap_or_else(|| nats_url.to_owned()),
+                creds_secret: self.sidecar_creds_secret.clone().filter(|s| !s.trim().is_empty()),
+                resources,
+                log: self.sidecar_log.clone(),
+                ..InjectConfig::default()
+            },
+        }))
+    }
 }
 
 fn identity(given: Option<String>) -> String {
@@ -86,6 +180,14 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
         eprintln!("error: --registry-replicas must be 1, 3 or 5");
         return ExitCode::from(EXIT_INVALID);
     }
+    let namespace = a.lease_namespace.clone().unwrap_or_else(|| "default".into());
+    let webhook = match a.webhook.config(&a.nats.url, &namespace) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let kube = match kube_client(a.kubeconfig.as_ref()).await {
         Ok(c) => c,
         Err(e) => {
@@ -121,7 +223,7 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
         },
         lease: (!a.no_leader_election).then(|| LeaseOptions {
             name: a.lease_name.clone(),
-            namespace: a.lease_namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace: namespace.clone(),
             identity: identity.clone(),
             duration: a.lease_duration.get(),
             grace: (a.lease_duration.get() / 3).max(std::time::Duration::from_secs(1)),
@@ -141,7 +243,20 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
         if settings.opts.namespaces.is_empty() { "all namespaces".into() } else { settings.opts.namespaces.join(", ") }
     );
     let stop = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown.wait()));
+    // Every replica serves the webhook, leader or not.
+    let webhook_task = webhook.map(|w| {
+        let (client, ready, stop) = (kube.clone(), health.webhook.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = causeway_operator::webhook::run(client, w, ready.clone(), stop).await {
+                tracing::error!(error = %e, "the webhook stopped");
+                *ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("webhook: {e}"));
+            }
+        })
+    });
     let result = controller::operate(kube, nats.clone(), settings, health, stop).await;
+    if let Some(t) = webhook_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), nats.flush()).await;
     health_server.abort();
     match result {

@@ -9,5 +9,6 @@ pub mod error;
 pub mod jetstream;
 pub mod local;
 pub mod manifest;
+pub mod webhook;
 
 pub use error::{Error, Result};

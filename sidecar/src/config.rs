@@ -34,6 +34,9 @@ pub const ENV_NATS_TLS_KEY: &str = "CAUSEWAY_NATS_TLS_KEY";
 pub const ENV_NATS_TLS_REQUIRED: &str = "CAUSEWAY_NATS_TLS_REQUIRED";
 /// HTTP port (default 4480).
 pub const ENV_PORT: &str = "CAUSEWAY_PORT";
+/// A second port serving only `/healthz`, `/readyz` and `/metrics` on all interfaces, for
+/// kubelet probes and Prometheus, which reach the pod's address, not its loopback (default: none).
+pub const ENV_HEALTH_PORT: &str = "CAUSEWAY_HEALTH_PORT";
 /// HTTP bind address (default `127.0.0.1`). Anything but loopback requires [`ENV_API_TOKEN`].
 pub const ENV_BIND: &str = "CAUSEWAY_BIND";
 /// Port of the app beside the sidecar; overrides the Node's `app.port`.
@@ -121,6 +124,8 @@ pub struct Config {
     pub bind: IpAddr,
     /// HTTP port.
     pub port: u16,
+    /// Port of the probes-and-metrics listener on all interfaces.
+    pub health_port: Option<u16>,
     /// App port override.
     pub app_port: Option<u16>,
     /// App health path override.
@@ -249,6 +254,7 @@ impl Config {
             Ok(parse_duration(var, get(var))?.unwrap_or(Duration::from_secs(default_secs)))
         };
         let port = parse_num::<u16>(ENV_PORT, get(ENV_PORT))?.unwrap_or(4480);
+        let health_port = parse_num::<u16>(ENV_HEALTH_PORT, get(ENV_HEALTH_PORT))?;
         let app_port = parse_num::<u16>(ENV_APP_PORT, get(ENV_APP_PORT))?;
         if app_port == Some(0) {
             return Err(bad(ENV_APP_PORT, "must be a port between 1 and 65535"));
@@ -282,6 +288,7 @@ impl Config {
             nats_tls,
             bind,
             port,
+            health_port,
             app_port,
             app_health_path,
             app_health_interval: parse_duration(ENV_APP_HEALTH_INTERVAL, get(ENV_APP_HEALTH_INTERVAL))?

@@ -50,6 +50,20 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
     let health = tokio::spawn(push::watch_app_health(state.clone()));
     let pushing = tokio::spawn(push::supervise(state.clone()));
     let clock = tokio::spawn(clock::keep(state.clone()));
+    let probes = match state.config.health_port {
+        None => None,
+        Some(port) => {
+            // Dual-stack where the host has IPv6, else IPv4 only.
+            let l = match TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).await {
+                Ok(l) => l,
+                Err(_) => TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+                    .await
+                    .map_err(|e| format!("cannot listen on the health port {port}: {e}"))?,
+            };
+            let mut stop = shutdown.clone();
+            Some(tokio::spawn(server::run_health(l, state.clone(), async move { flag::until_true(&mut stop).await })))
+        }
+    };
     let mut stop = shutdown.clone();
     let signalled = Arc::new(std::sync::OnceLock::new());
     let at = signalled.clone();
@@ -59,6 +73,9 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
     })
     .await;
     let stopping = signalled.get().copied().unwrap_or_else(std::time::Instant::now);
+    if let Some(p) = probes {
+        p.abort();
+    }
     // Push workers drain within the grace period (it started with the signal, as the server's
     // did), then nak what is left. Everything here talks to NATS, which may be unreachable: it
     // gets the grace period plus a little for those naks, never more.

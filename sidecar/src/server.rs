@@ -102,6 +102,48 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
     Ok(resp)
 }
 
+/// Serves only `/healthz`, `/readyz` and `/metrics` (for kubelet probes and Prometheus, which
+/// come from outside the pod) until `shutdown`. No API route is reachable here.
+pub async fn run_health(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(state.config.header_timeout);
+    tokio::pin!(shutdown);
+    let connections = Arc::new(Semaphore::new(64));
+    loop {
+        let (stream, permit) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => match connections.clone().try_acquire_owned() {
+                    Ok(p) => (s, p),
+                    Err(_) => continue,
+                },
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let st = state.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let st = st.clone();
+            async move {
+                let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+                let resp = if probe {
+                    dispatch(&st, req).await.1.unwrap_or_else(|e| error(&e))
+                } else {
+                    error(&Error::NoRoute { method: req.method().to_string(), path: req.uri().path().to_owned() })
+                };
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+}
+
 /// The checks every API request passes before it may take a slot, then the slot, then the route.
 async fn guarded(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Result<Resp>) {
     let path = req.uri().path();

@@ -29,6 +29,8 @@ pub struct Health {
     pub leading: Mutex<bool>,
     /// The controllers' caches, for the object counts.
     pub caches: Mutex<Caches>,
+    /// Why the webhook is not ready (None: ready, or not served).
+    pub webhook: crate::webhook::Readiness,
 }
 
 impl Health {
@@ -40,6 +42,7 @@ impl Health {
             not_ready: Mutex::new(Some(why.to_owned())),
             leading: Mutex::new(false),
             caches: Mutex::default(),
+            webhook: Arc::default(),
         })
     }
 
@@ -61,6 +64,8 @@ impl Health {
     fn readyz(&self) -> (StatusCode, serde_json::Value) {
         let nats = self.nats_connected();
         let why = self.not_ready.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let webhook = self.webhook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let why = why.or(webhook);
         let leading = *self.leading.lock().unwrap_or_else(|e| e.into_inner());
         let reason = if !nats { Some("NATS is not connected".to_owned()) } else { why };
         let status = if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
