@@ -7,6 +7,7 @@ mod dev;
 mod nats;
 mod operator;
 mod signal;
+mod status;
 mod tether;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -43,6 +44,12 @@ enum Command {
     /// everything is applied and ready, 1 when something is not, 2 when a manifest is invalid
     /// (then nothing is changed).
     Apply(apply::ApplyArgs),
+    /// Show every EventStore, Node and Listener: Ready, reason, JetStream names and figures.
+    ///
+    /// From NATS (read-only dry runs of the registry's records) or, with --kube/--kubeconfig,
+    /// from the objects' Kubernetes status. Exits 0 when everything shown is ready, 1 when not
+    /// (or NATS/Kubernetes cannot be reached), 2 for bad flags or filters.
+    Status(status::StatusArgs),
     /// Run Causeway locally: a nats-server (data in ./.causeway), the examples applied,
     /// one sidecar per Node, and the demo apps. Ctrl-C stops everything.
     Dev(dev::DevArgs),
@@ -83,6 +90,7 @@ fn main() -> ExitCode {
         Command::Crdgen { out } => crdgen(&out),
         Command::Apply(a) => block_on(apply::run(a)),
         Command::Dev(d) => block_on(dev::run(d)),
+        Command::Status(s) => block_on(status::run(s)),
         Command::DemoApp(a) => block_on(demo_app::run(a)),
         Command::Operator(a) => block_on(operator::run(*a)),
     }
