@@ -964,6 +964,7 @@ impl OperatorOptions {
         o.flag("--kubeconfig", &kubeconfig.display().to_string())
             .flag("--nats", nats)
             .flag("--health-addr", &format!("127.0.0.1:{}", free_port()))
+            .flag("--webhook-addr", &format!("127.0.0.1:{}", free_port()))
     }
 
     /// Sets `name value`, replacing an earlier value of `name`.

@@ -365,14 +365,35 @@ pub async fn keep_ca_bundle(
     tokio::pin!(shutdown);
     ready(Some(format!("the MutatingWebhookConfiguration {name} does not carry the webhook's CA yet")));
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api.clone(), cfg).default_backoff().applied_objects().boxed();
+    let mut events = watcher(api.clone(), cfg).default_backoff().boxed();
+    let mut seen = false;
     loop {
         let next = tokio::select! {
             n = events.next() => n,
             _ = &mut shutdown => return,
         };
         let mwc = match next {
-            Some(Ok(m)) => m,
+            Some(Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m))) => {
+                seen = true;
+                m
+            }
+            Some(Ok(watcher::Event::InitDone)) => {
+                if !seen {
+                    // Nothing to keep: the webhook is served but not registered (e.g. installed
+                    // without the chart). Not a reason to keep the operator unready.
+                    tracing::warn!(config = %name, "no such MutatingWebhookConfiguration: the webhook is served, but the API server will not call it");
+                    ready(None);
+                }
+                continue;
+            }
+            Some(Ok(watcher::Event::Delete(_))) => {
+                seen = false;
+                continue;
+            }
+            Some(Ok(watcher::Event::Init)) => {
+                seen = false;
+                continue;
+            }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "watching the MutatingWebhookConfiguration");
                 continue;
