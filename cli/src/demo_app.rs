@@ -18,7 +18,10 @@ pub struct DemoAppArgs {
     /// Name shown on every line.
     #[arg(long, default_value = "app")]
     pub name: String,
-    /// Port to listen on at 127.0.0.1.
+    /// Address to listen on (0.0.0.0 in a pod, so kubelet's probes reach it).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// Port to listen on.
     #[arg(long)]
     pub port: u16,
     /// Reply rule `TYPE=NODE:NEWTYPE`: on an event of TYPE, emit NEWTYPE to NODE with the same payload.
@@ -86,7 +89,7 @@ async fn handle(args: Arc<DemoAppArgs>, req: Request<Incoming>) -> Result<Respon
 pub async fn run(args: DemoAppArgs) -> ExitCode {
     let shutdown = crate::signal::shutdown_signal();
     tokio::pin!(shutdown);
-    let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let addr = SocketAddr::new(args.bind, args.port);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {

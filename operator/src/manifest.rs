@@ -117,15 +117,43 @@ fn file_error(p: &Path, message: &str) -> ManifestError {
     ManifestError { file: p.display().to_string(), document: 0, object: None, field: None, message: message.into() }
 }
 
+/// Everything read from some manifests.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    /// Valid Causeway objects, in file order.
+    pub objects: Vec<Loaded>,
+    /// Every problem found (nothing is partially accepted: callers apply only when empty).
+    pub errors: Vec<ManifestError>,
+    /// Documents of built-in Kubernetes kinds (a Deployment, a Namespace…) that are not ours and
+    /// were passed over: `Kind namespace/name (file)`. `kubectl apply` takes those.
+    pub skipped: Vec<String>,
+}
+
+/// True for an `apiVersion` of Kubernetes itself (`v1`, `apps/v1`, `*.k8s.io/…`): a document that
+/// sits beside Causeway's in a directory of app manifests, not a misspelt Causeway one.
+pub fn is_builtin_api_version(api_version: &str) -> bool {
+    match api_version.split_once('/') {
+        None => api_version == "v1",
+        Some((group, _)) => !group.contains('.') || group.ends_with(".k8s.io"),
+    }
+}
+
 /// Reads and validates every document under `paths`. Objects come back in file order; errors
 /// list every problem found (nothing is partially accepted: callers apply only when empty).
 pub fn load(paths: &[PathBuf]) -> (Vec<Loaded>, Vec<ManifestError>) {
+    let m = load_all(paths);
+    (m.objects, m.errors)
+}
+
+/// [`load`], and the documents of built-in kinds it passed over.
+pub fn load_all(paths: &[PathBuf]) -> Manifests {
     let files = match collect_files(paths) {
         Ok(f) => f,
-        Err(e) => return (Vec::new(), e),
+        Err(e) => return Manifests { errors: e, ..Default::default() },
     };
     let mut objects = Vec::new();
     let mut errs = Vec::new();
+    let mut skipped = Vec::new();
     for f in files {
         let name = f.display().to_string();
         let text = if f.as_os_str() == "-" {
@@ -146,12 +174,13 @@ pub fn load(paths: &[PathBuf]) -> (Vec<Loaded>, Vec<ManifestError>) {
                 }
             }
         };
-        let (o, e) = parse_str(&text, &name);
-        objects.extend(o);
-        errs.extend(e);
+        let m = parse_str_all(&text, &name);
+        objects.extend(m.objects);
+        errs.extend(m.errors);
+        skipped.extend(m.skipped);
     }
     check_duplicates(&objects, &mut errs);
-    (objects, errs)
+    Manifests { objects, errors: errs, skipped }
 }
 
 fn check_duplicates(objects: &[Loaded], errs: &mut Vec<ManifestError>) {
@@ -225,8 +254,15 @@ pub fn listener_against_node(meta: &Meta, spec: &ListenerSpec, node: &NodeSpec) 
 
 /// Parses one file's text (YAML, one or more documents; JSON is YAML too).
 pub fn parse_str(text: &str, file: &str) -> (Vec<Loaded>, Vec<ManifestError>) {
+    let m = parse_str_all(text, file);
+    (m.objects, m.errors)
+}
+
+/// [`parse_str`], and the documents of built-in kinds it passed over.
+pub fn parse_str_all(text: &str, file: &str) -> Manifests {
     let mut objects = Vec::new();
     let mut errs = Vec::new();
+    let mut skipped = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
         let err = |object: Option<String>, field: Option<&str>, message: String| ManifestError {
@@ -254,6 +290,22 @@ pub fn parse_str(text: &str, file: &str) -> (Vec<Loaded>, Vec<ManifestError>) {
                 continue;
             }
         };
+        // A built-in kind (Deployment, Namespace…) is passed over; a document named like ours
+        // with a Kubernetes apiVersion is a mistake worth an error.
+        let ours = value.get("kind").and_then(Value::as_str).and_then(Kind::from_manifest_kind).is_some();
+        if let Some(v) = value.get("apiVersion").and_then(Value::as_str)
+            && is_builtin_api_version(v)
+            && !ours
+        {
+            let kind = value.get("kind").and_then(Value::as_str).unwrap_or("?");
+            let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
+            let who = match value.pointer("/metadata/namespace").and_then(Value::as_str) {
+                Some(ns) => format!("{ns}/{name}"),
+                None => name.to_owned(),
+            };
+            skipped.push(format!("{kind} {who} ({file} document {document})"));
+            continue;
+        }
         let annotations = value
             .pointer("/metadata/annotations")
             .and_then(Value::as_object)
@@ -266,7 +318,7 @@ pub fn parse_str(text: &str, file: &str) -> (Vec<Loaded>, Vec<ManifestError>) {
             }
         }
     }
-    (objects, errs)
+    Manifests { objects, errors: errs, skipped }
 }
 
 type Problems = Vec<(Option<String>, String)>;
@@ -482,6 +534,26 @@ mod tests {
             let e = one(&format!("{base}  startAt: {bad}\n")).unwrap_err();
             assert!(e.iter().any(|m| m.contains("spec.startAt")), "{bad}: {e:?}");
         }
+    }
+
+    #[test]
+    fn built_in_kinds_are_passed_over_and_misspelt_causeway_ones_are_not() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: inventory, namespace: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata: {name: inventory, namespace: shop}\n";
+        let m = parse_str_all(text, "app.yaml");
+        assert!(m.errors.is_empty(), "{:?}", m.errors);
+        assert_eq!(m.objects.len(), 1);
+        assert_eq!(
+            m.skipped,
+            ["Deployment shop/inventory (app.yaml document 1)", "Namespace shop (app.yaml document 2)"]
+        );
+        for v in ["v1", "apps/v1", "networking.k8s.io/v1", "policy/v1"] {
+            assert!(is_builtin_api_version(v), "{v}");
+        }
+        for v in ["causeway.dev/v1alpha1", "causway.dev/v1alpha1", "example.com/v1", "v2"] {
+            assert!(!is_builtin_api_version(v), "{v}");
+        }
+        let m = parse_str_all("apiVersion: causway.dev/v1alpha1\nkind: Node\nmetadata: {name: a}\n", "x.yaml");
+        assert_eq!(m.errors.len(), 1, "a misspelt group is an error, not skipped");
     }
 
     #[test]

@@ -645,3 +645,25 @@ async fn each_line_is_printed_as_soon_as_its_object_is_done() {
         assert_eq!(exists, i <= 30, "stream of s{i:02}: exists={exists}");
     }
 }
+
+#[test]
+fn the_kubernetes_example_is_valid_and_names_a_node_of_the_examples() {
+    let dir = examples_dir().join("kubernetes");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
+    let validate = causeway_tests::workspace_root().join(".tools/bin/kubernetes-validate");
+    assert!(validate.exists(), "{} is missing: run scripts/setup.sh --test", validate.display());
+    let out = std::process::Command::new(validate).args(["--strict", "-k", "1.33.0"]).args(&files).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let deployment: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("inventory.yaml")).unwrap()).unwrap();
+    let node = deployment["spec"]["template"]["metadata"]["annotations"]["causeway.dev/node"].as_str().unwrap();
+    let m = causeway_operator::manifest::load_all(&[examples_dir()]);
+    assert!(m.errors.is_empty(), "{:?}", m.errors);
+    assert!(m.objects.iter().any(|o| o.object.display() == format!("Node shop/{node}")), "the annotated Node exists");
+    assert_eq!(m.skipped.len(), files.len(), "causeway apply passes over the Kubernetes manifests: {:?}", m.skipped);
+}
