@@ -2,6 +2,11 @@
 //! reconciles. A replica that loses the lease, or cannot renew it for a whole lease duration,
 //! stops and exits, so that it restarts with fresh caches and never reconciles beside a new
 //! leader.
+//!
+//! A waiting replica also looks at the Lease every second: when its holder released it (a
+//! leader stopped with SIGTERM), it takes it at once. kube-lease-manager alone reads the Lease
+//! again only when the last renewal would have expired, so a graceful handover would take as long
+//! as a crash.
 
 use std::time::{Duration, Instant};
 
@@ -26,12 +31,27 @@ pub struct LeaseOptions {
 pub struct Lease {
     manager: LeaseManager,
     duration: Duration,
+    client: kube::Client,
+    options: LeaseOptions,
+}
+
+/// What one step of waiting for the lease came to.
+enum Waited {
+    Leading,
+    NotYet,
+    Failed(String),
+    Released,
 }
 
 impl Lease {
     /// Prepares the lease (creating it if missing).
     pub async fn new(client: kube::Client, o: &LeaseOptions) -> Result<Self, String> {
-        let manager = LeaseManagerBuilder::new(client, &o.name)
+        let manager = Self::manager(client.clone(), o).await?;
+        Ok(Self { manager, duration: o.duration, client, options: o.clone() })
+    }
+
+    async fn manager(client: kube::Client, o: &LeaseOptions) -> Result<LeaseManager, String> {
+        LeaseManagerBuilder::new(client, &o.name)
             .with_namespace(&o.namespace)
             .with_identity(&o.identity)
             .with_duration(o.duration.as_secs().max(2))
@@ -39,20 +59,50 @@ impl Lease {
             .with_field_manager("causeway-operator")
             .build()
             .await
-            .map_err(|e| format!("lease {}/{}: {e}", o.namespace, o.name))?;
-        Ok(Self { manager, duration: o.duration })
+            .map_err(|e| format!("lease {}/{}: {e}", o.namespace, o.name))
     }
 
-    /// Resolves once this replica holds the lease.
-    pub async fn acquire(&self) {
+    /// Resolves once this replica holds the lease; takes a released lease at once.
+    pub async fn acquire(&mut self) {
         loop {
-            match self.manager.changed().await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => {
+            let waited = tokio::select! {
+                r = self.manager.changed() => match r {
+                    Ok(true) => Waited::Leading,
+                    Ok(false) => Waited::NotYet,
+                    Err(e) => Waited::Failed(e.to_string()),
+                },
+                _ = self.released() => Waited::Released,
+            };
+            match waited {
+                Waited::Leading => return,
+                Waited::NotYet => {}
+                Waited::Failed(e) => {
                     tracing::warn!(error = %e, "leader election: cannot reach the lease; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+                // The manager would sleep until the old holder's lease expires: start afresh
+                // from what the Lease says now.
+                Waited::Released => match Self::manager(self.client.clone(), &self.options).await {
+                    Ok(m) => self.manager = m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader election: cannot reach the lease; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Resolves when the Lease has no holder (its holder released it), looking every second.
+    async fn released(&self) {
+        use k8s_openapi::api::coordination::v1::Lease as KubeLease;
+        let api: kube::Api<KubeLease> = kube::Api::namespaced(self.client.clone(), &self.options.namespace);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Ok(Some(l)) = api.get_opt(&self.options.name).await
+                && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty)
+            {
+                return;
             }
         }
     }

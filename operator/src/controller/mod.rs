@@ -272,11 +272,11 @@ pub async fn operate(
     let reporter =
         kube::runtime::events::Reporter { controller: "causeway-operator".into(), instance: settings.instance.clone() };
     let ctx = Arc::new(Context::new(kube.clone(), core, reporter, health.metrics.clone(), settings.opts.clone()));
-    let lease = match &settings.lease {
+    let mut lease = match &settings.lease {
         None => None,
         Some(o) => Some(leader::Lease::new(kube.clone(), o).await.map_err(Stopped::Lease)?),
     };
-    if let Some(l) = &lease {
+    if let Some(l) = &mut lease {
         tracing::info!("waiting for the leader lease");
         tokio::select! {
             _ = l.acquire() => {}
