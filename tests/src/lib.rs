@@ -957,14 +957,13 @@ pub struct OperatorOptions {
 }
 
 impl OperatorOptions {
-    /// `--kubeconfig <kubeconfig> --nats <nats> --health-addr 127.0.0.1:<free port>`, everything
-    /// else at its default (leader election on, resync 60s...).
+    /// `--kubeconfig <kubeconfig> --nats <nats>`, everything else at its default (leader election
+    /// on, resync 60s...). Unless `--health-addr` / `--webhook-addr` are set, each
+    /// [`Self::start`] picks free loopback ports for them, so one set of options can start
+    /// several replicas side by side.
     pub fn new(kubeconfig: &Path, nats: &str) -> Self {
         let o = Self { flags: Vec::new(), log_filter: "info".into(), name: "operator".into() };
-        o.flag("--kubeconfig", &kubeconfig.display().to_string())
-            .flag("--nats", nats)
-            .flag("--health-addr", &format!("127.0.0.1:{}", free_port()))
-            .flag("--webhook-addr", &format!("127.0.0.1:{}", free_port()))
+        o.flag("--kubeconfig", &kubeconfig.display().to_string()).flag("--nats", nats)
     }
 
     /// Sets `name value`, replacing an earlier value of `name`.
@@ -998,10 +997,17 @@ impl OperatorOptions {
         let dir = TempDir::new("cw-operator");
         let log_path = dir.path().join("operator.log");
         let log = std::fs::File::create(&log_path).expect("operator log file");
-        let health_addr = self.get("--health-addr").expect("--health-addr").to_string();
+        let mut flags = self.flags.clone();
+        for addr in ["--health-addr", "--webhook-addr"] {
+            if self.get(addr).is_none() {
+                flags.push((addr.to_string(), Some(format!("127.0.0.1:{}", free_port()))));
+            }
+        }
+        let health_addr =
+            flags.iter().find(|(n, _)| n == "--health-addr").and_then(|(_, v)| v.clone()).unwrap_or_default();
         let mut cmd = Command::new(bin("causeway"));
         cmd.arg("operator");
-        for (n, v) in &self.flags {
+        for (n, v) in &flags {
             cmd.arg(n);
             if let Some(v) = v {
                 cmd.arg(v);
@@ -1029,6 +1035,9 @@ impl OperatorOptions {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some((200, _)) = http_get(&op.health, "/healthz") {
+                // Another process could answer on that port: make sure ours still runs.
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(op.is_running(), "{} exited; its log:\n{}", op.name, op.log());
                 return op;
             }
             if !op.is_running() {
