@@ -53,7 +53,8 @@ enum Command {
     /// Run Causeway locally: a nats-server (data in ./.causeway), the examples applied,
     /// one sidecar per Node, and the demo apps. Ctrl-C stops everything.
     Dev(dev::DevArgs),
-    /// Write the CRDs generated from the types (crds/*.yaml).
+    /// Write the CRDs generated from the types (crds/*.yaml, and the Helm chart's copy in
+    /// charts/causeway/crds/ when the chart is there).
     Crdgen {
         /// Directory to write to, or `-` for stdout.
         #[arg(long, short, default_value = "crds")]
@@ -116,17 +117,25 @@ fn crdgen(out: &std::path::Path) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = std::fs::create_dir_all(out) {
-        eprintln!("error: cannot create {}: {e}", out.display());
-        return ExitCode::from(EXIT_NOT_READY);
+    // The Helm chart carries the same bytes: written too when it sits beside `out`.
+    let chart = out.parent().unwrap_or(std::path::Path::new(".")).join("charts/causeway/crds");
+    let mut dirs = vec![out.to_path_buf()];
+    if out.file_name().is_some_and(|n| n == "crds") && chart.parent().is_some_and(|p| p.is_dir()) {
+        dirs.push(chart);
     }
-    for (name, yaml) in files {
-        let p = out.join(name);
-        if let Err(e) = std::fs::write(&p, yaml) {
-            eprintln!("error: cannot write {}: {e}", p.display());
+    for dir in dirs {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            eprintln!("error: cannot create {}: {e}", dir.display());
             return ExitCode::from(EXIT_NOT_READY);
         }
-        println!("wrote {}", p.display());
+        for (name, yaml) in &files {
+            let p = dir.join(name);
+            if let Err(e) = std::fs::write(&p, yaml) {
+                eprintln!("error: cannot write {}: {e}", p.display());
+                return ExitCode::from(EXIT_NOT_READY);
+            }
+            println!("wrote {}", p.display());
+        }
     }
     ExitCode::SUCCESS
 }
