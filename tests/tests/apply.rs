@@ -667,3 +667,24 @@ fn the_kubernetes_example_is_valid_and_names_a_node_of_the_examples() {
     assert!(m.objects.iter().any(|o| o.object.display() == format!("Node shop/{node}")), "the annotated Node exists");
     assert_eq!(m.skipped.len(), files.len(), "causeway apply passes over the Kubernetes manifests: {:?}", m.skipped);
 }
+
+#[tokio::test]
+async fn a_listener_whose_store_was_deleted_is_not_ready_even_though_the_stream_was_kept() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let listener = "---\napiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata: {name: teller, namespace: bank}\nspec: {}\n---\napiVersion: causeway.dev/v1alpha1\nkind: Listener\nmetadata: {name: audit-trail, namespace: bank}\nspec: {node: teller, source: {store: ledger}, delivery: {mode: pull}}\n";
+    let store = write_file(&dir, "store.yaml", STORE);
+    let rest = write_file(&dir, "rest.yaml", listener);
+    assert_eq!(apply(&server, &[&store, &rest], &[]).code, 0);
+    // The store goes (Retain: its stream stays); the listener that reads it is no longer ready.
+    let r = apply(&server, &[&rest], &["--prune"]);
+    assert!(r.stdout.contains("EventStore bank/ledger pruned (retained by deletionPolicy"), "{}", r.stdout);
+    // (The prune runs after the listener's reconcile; the next pass, like the operator's watch on
+    // the store, sees it gone.)
+    let r = apply(&server, &[&rest], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("Listener bank/audit-trail error: SourceNotFound"), "{}", r.stdout);
+    assert!(r.stdout.contains("kept by deletionPolicy Retain"), "{}", r.stdout);
+    // Re-created, everything is ready again, on the same stream.
+    assert_eq!(apply(&server, &[&store, &rest], &[]).code, 0);
+}

@@ -418,9 +418,25 @@ impl Reconciler {
                     ),
                 ));
             };
+            // A stream kept by deletionPolicy Retain outlives its object: without the object's
+            // record no sidecar can write to it, so the listener is not ready either.
+            let source_key = naming::registry_key(ns, rec.source.kind, &rec.source.name);
+            if !planned(stream_name) && self.read_record_key(&source_key).await?.is_none() {
+                let what = match rec.source.kind {
+                    Kind::Node => format!("node {:?}", rec.source.name.as_str()),
+                    _ => format!("store {:?}", rec.source.name.as_str()),
+                };
+                return Ok(not_ready(
+                    reason::SOURCE_NOT_FOUND,
+                    format!(
+                        "{what} does not exist in namespace {ns} (its stream {stream_name} is still there, kept by deletionPolicy Retain): create it again, then this listener becomes ready"
+                    ),
+                ));
+            }
             if let Some(dl) = &rec.dead_letter
                 && !planned(&dl.stream)
-                && self.get_stream(&dl.stream).await?.is_none()
+                && (self.get_stream(&dl.stream).await?.is_none()
+                    || self.read_record_key(&naming::registry_key(ns, Kind::EventStore, &dl.store)).await?.is_none())
             {
                 return Ok(not_ready(
                     reason::DEAD_LETTER_NOT_FOUND,
