@@ -18,6 +18,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
+  if [[ -n ${CAUSEWAY_E2E_KUBECONFIG:-} ]]; then
+    echo "== real-cluster suite (CAUSEWAY_E2E_KUBECONFIG=$CAUSEWAY_E2E_KUBECONFIG)"
+    cargo nextest run -p causeway-tests --test cluster_injection --run-ignored all --no-fail-fast
+  else
+    echo "== real-cluster suite: skipped (set CAUSEWAY_E2E_KUBECONFIG to a cluster with Causeway installed to run tests/tests/cluster_injection.rs)"
+  fi
   cargo test --workspace --doc
 else
   cargo test --workspace --no-fail-fast
