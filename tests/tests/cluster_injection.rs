@@ -163,6 +163,7 @@ fn an_annotated_deployment_gets_a_ready_sidecar_before_its_app_and_exchanges_eve
         std::thread::sleep(Duration::from_millis(500));
     };
     let _ = forward.kill();
+    let _ = forward.wait();
     assert!(sent, "the sidecar accepted the event");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
