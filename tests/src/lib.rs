@@ -570,30 +570,7 @@ impl KubeEmulator {
     }
 
     fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
-        let mut cmd = Command::new(kubectl_bin());
-        cmd.arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("kube-cache"))
-            .arg("--request-timeout=30s")
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot run {}: {e}; run scripts/setup.sh --test (it installs kubectl)", kubectl_bin().display())
-        });
-        if let Some(text) = stdin {
-            let mut pipe = child.stdin.take().expect("kubectl stdin");
-            pipe.write_all(text.as_bytes()).expect("write kubectl stdin");
-        }
-        let out = child.wait_with_output().expect("wait for kubectl");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        kubectl_at(&self.kubeconfig(), &self.dir.path().join("kube-cache"), args, stdin)
     }
 
     /// A kube-rs client for it (from its kubeconfig).

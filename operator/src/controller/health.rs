@@ -114,22 +114,31 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: impl Fu
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
     tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "health: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
+    while let Some(stream) = accept(&listener, &mut shutdown).await {
         let h = health.clone();
         let conn = http.serve_connection(TokioIo::new(stream), service_fn(move |req| handle(h.clone(), req)));
         tokio::spawn(async move {
             let _ = conn.await;
         });
+    }
+}
+
+/// The next connection, or `None` once `shutdown` completes. A failed accept (e.g. too many open
+/// files) is logged and retried after a pause, never fatal.
+pub async fn accept<F: Future<Output = ()>>(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut F>,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => return Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.as_mut() => return None,
+        }
     }
 }

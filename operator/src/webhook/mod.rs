@@ -155,18 +155,7 @@ pub async fn serve(
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     let http = Arc::new(http);
     tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
+    while let Some(stream) = crate::controller::health::accept(&listener, &mut shutdown).await {
         let (acceptor, cfg, client, http) = (acceptor.clone(), cfg.clone(), client.clone(), http.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
