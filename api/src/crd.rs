@@ -11,7 +11,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
-    names::{DnsLabel, Subject, SubjectPattern, TypePattern},
+    names::{AccessRef, DnsLabel, Subject, SubjectPattern, TypePattern},
     quantity::{ByteSize, Duration},
 };
 
@@ -383,6 +383,76 @@ pub struct NodeSpec {
     /// Retain (default) keeps the inbox and state when the Node is deleted; Delete removes them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Whom this node may send to, and which stores it may append to and read. Enforced by its
+    /// sidecars always, and by NATS where node credentials are issued.
+    #[serde(default, skip_serializing_if = "NodeAccess::is_default")]
+    pub access: NodeAccess,
+}
+
+/// A node's access policy. Each entry is a name of this namespace, '*' (every one of this
+/// namespace), 'namespace/name' or 'namespace/*'. A list left out means ['*']; an empty list
+/// means nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAccess {
+    /// Nodes this node may send events to. Default: every node of its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<Vec<AccessRef>>,
+    /// Stores this node may append to (and so also read). Default: every store of its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<Vec<AccessRef>>,
+    /// Stores this node may load and stream. Default: every store of its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<Vec<AccessRef>>,
+}
+
+/// What an access policy is asked about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessAction {
+    /// Send to a node's inbox.
+    Send,
+    /// Append to a store.
+    Append,
+    /// Load or stream a store.
+    Read,
+}
+
+impl AccessAction {
+    /// The field of `spec.access` that governs it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Append => "append",
+            Self::Read => "read",
+        }
+    }
+}
+
+impl NodeAccess {
+    /// True when nothing is set (every list is the default).
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// The entries of one list, with the default (`*`) filled in.
+    pub fn entries(&self, action: AccessAction) -> Cow<'_, [AccessRef]> {
+        let list = match action {
+            AccessAction::Send => &self.send,
+            AccessAction::Append => &self.append,
+            AccessAction::Read => &self.read,
+        };
+        match list {
+            Some(l) => Cow::Borrowed(l.as_slice()),
+            None => Cow::Owned(vec![AccessRef::new("*").expect("valid")]),
+        }
+    }
+
+    /// True when a node of namespace `own` with this policy may do `action` on `name` of
+    /// namespace `ns`. Appending implies reading.
+    pub fn allows(&self, own: &str, action: AccessAction, ns: &str, name: &str) -> bool {
+        let covered = |a| self.entries(a).iter().any(|r| r.covers(own, ns, name));
+        covered(action) || (action == AccessAction::Read && covered(AccessAction::Append))
+    }
 }
 
 /// The inbox stream of a node.

@@ -19,6 +19,10 @@ pub const SUBJECT_PATTERN_PATTERN: &str = r"^([A-Za-z0-9_-]+|\*)(\.([A-Za-z0-9_-
 /// The CRD pattern for a type filter: an exact type or `prefix.*`.
 pub const TYPE_PATTERN_PATTERN: &str = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?$";
 
+/// The CRD pattern for an access-policy entry: `name`, `*`, `namespace/name` or `namespace/*`.
+pub const ACCESS_REF_PATTERN: &str =
+    r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?/(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$";
+
 /// Why a name was refused. The message says what is wrong and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -45,6 +49,14 @@ pub enum NameError {
         "{value:?} is not a valid subject pattern: use tokens of letters, digits, '_' and '-' joined by '.', where a token may be '*' and the last may be '>'"
     )]
     SubjectPattern {
+        /// The rejected text.
+        value: String,
+    },
+    /// Not a valid access-policy entry.
+    #[error(
+        "{value:?} is not a valid access entry: use a name of this namespace (orders), '*' for all of this namespace, namespace/name (billing/ledger) or namespace/* (billing/*)"
+    )]
+    AccessRef {
         /// The rejected text.
         value: String,
     },
@@ -127,6 +139,16 @@ pub fn type_matches(filter: &str, event_type: &str) -> bool {
         }
         None => filter == event_type,
     }
+}
+
+/// Checks an access-policy entry: `name`, `*`, `namespace/name` or `namespace/*`.
+pub fn validate_access_ref(s: &str) -> Result<(), NameError> {
+    let ok = |t: &str| t == "*" || is_dns_label(t);
+    let valid = match s.split_once('/') {
+        Some((ns, name)) => is_dns_label(ns) && ok(name),
+        None => ok(s),
+    };
+    if valid { Ok(()) } else { Err(NameError::AccessRef { value: s.to_owned() }) }
 }
 
 /// A string that has passed one of the checks above. Deserialising validates it.
@@ -243,9 +265,51 @@ checked_string!(
     "An exact event type, or 'prefix.*' for every type under 'prefix.'."
 );
 
+checked_string!(
+    /// An access-policy entry: `name`, `*`, `namespace/name` or `namespace/*`.
+    AccessRef,
+    validate_access_ref,
+    ACCESS_REF_PATTERN,
+    127,
+    "A name of this namespace, '*' for every one of this namespace, 'namespace/name', or 'namespace/*'."
+);
+
+impl AccessRef {
+    /// The namespace and name this entry covers, seen from namespace `own`; `None` as the name
+    /// means every one of that namespace.
+    pub fn scope<'a>(&'a self, own: &'a str) -> (&'a str, Option<&'a str>) {
+        let (ns, name) = self.0.split_once('/').unwrap_or((own, &self.0));
+        (ns, (name != "*").then_some(name))
+    }
+
+    /// True when this entry covers `name` of namespace `ns`, seen from namespace `own`.
+    pub fn covers(&self, own: &str, ns: &str, name: &str) -> bool {
+        let (n, which) = self.scope(own);
+        n == ns && which.is_none_or(|w| w == name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_refs() {
+        for ok in ["orders", "*", "billing/ledger", "billing/*"] {
+            assert!(validate_access_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "*/*", "*/x", "a/b/c", "A", "a/", "/a", "a b", "a.b"] {
+            assert!(validate_access_ref(bad).is_err(), "{bad:?}");
+        }
+        let r = |s: &str| AccessRef::new(s).unwrap();
+        assert!(r("*").covers("shop", "shop", "x"));
+        assert!(!r("*").covers("shop", "billing", "x"));
+        assert!(r("x").covers("shop", "shop", "x"));
+        assert!(!r("x").covers("shop", "shop", "y"));
+        assert!(r("billing/*").covers("shop", "billing", "y"));
+        assert!(r("billing/ledger").covers("shop", "billing", "ledger"));
+        assert!(!r("billing/ledger").covers("shop", "shop", "ledger"));
+    }
 
     #[test]
     fn dns_labels() {

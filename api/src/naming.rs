@@ -106,6 +106,58 @@ pub fn inbox_subject_prefix(ns: &DnsLabel, node: &DnsLabel) -> String {
     format!("cw.{ns}.in.{node}")
 }
 
+/// Where node `ns/n` receives sends that prove their sender: `cw.<ns>.to.<n>`. A send from node
+/// `sns/sn` of type `T` publishes to `cw.<ns>.to.<n>.<sns>.<sn>.<T>`; NATS permissions let a
+/// node publish only under its own `<sns>.<sn>`, so the subject proves who sent it.
+pub fn inbox_to_prefix(ns: &DnsLabel, node: &DnsLabel) -> String {
+    format!("cw.{ns}.to.{node}")
+}
+
+/// The prefix a sender `sns/sn` publishes under into node `ns/n`'s inbox:
+/// `cw.<ns>.to.<n>.<sns>.<sn>`; the event type follows.
+pub fn inbox_send_prefix(ns: &DnsLabel, node: &DnsLabel, sender_ns: &str, sender: &str) -> String {
+    format!("cw.{ns}.to.{node}.{sender_ns}.{sender}")
+}
+
+/// Splits an inbox subject into `(sender namespace, sender node, type)` when it lies under
+/// `to_prefix` (see [`inbox_to_prefix`]); `None` for the older `cw.<ns>.in.<n>.<T>` layout.
+pub fn parse_inbox_sender<'a>(to_prefix: &str, subject: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+    let rest = strip_subject_prefix(to_prefix, subject)?;
+    let mut it = rest.splitn(3, '.');
+    Some((it.next()?, it.next()?, it.next().filter(|t| !t.is_empty())?))
+}
+
+/// The inbox filters for a type pattern relative to node `ns/n`'s inbox: one for sends that
+/// prove their sender (`cw.<ns>.to.<n>.*.*.<p>`) and one for the older layout
+/// (`cw.<ns>.in.<n>.<p>`). They never overlap: their third tokens differ.
+pub fn inbox_filters(ns: &DnsLabel, node: &DnsLabel, relative: &str) -> [String; 2] {
+    [
+        join_subject(&inbox_to_prefix(ns, node), &format!("*.*.{relative}")),
+        join_subject(&inbox_subject_prefix(ns, node), relative),
+    ]
+}
+
+/// Where a store's stored events are announced, headers only, for live streams:
+/// `cw.<ns>.live.<x>`; an event stored at `cw.<ns>.es.<x>.S` is announced at `<prefix>.S`.
+pub fn store_live_prefix(ns: &DnsLabel, store: &DnsLabel) -> String {
+    format!("cw.{ns}.live.{store}")
+}
+
+/// Prefix of the reply subjects of node `ns/n`'s sidecars: `_INBOX.<ns>.<n>`. Its credential may
+/// subscribe only there, so no node reads another's replies.
+pub fn reply_inbox_prefix(ns: &DnsLabel, node: &DnsLabel) -> String {
+    format!("_INBOX.{ns}.{node}")
+}
+
+/// The Secret holding node `n`'s NATS credential, in the node's namespace:
+/// `causeway-node-<n>`, key [`NODE_CREDS_KEY`].
+pub fn node_secret(node: &DnsLabel) -> String {
+    format!("causeway-node-{node}")
+}
+
+/// The key of a node's credentials file in its Secret.
+pub const NODE_CREDS_KEY: &str = "nats.creds";
+
 /// State KV bucket of Node `ns/n`: `CW_ST_<ns>_<n>`.
 pub fn state_bucket(ns: &DnsLabel, node: &DnsLabel) -> String {
     format!("CW_ST_{ns}_{node}")
@@ -180,5 +232,26 @@ mod tests {
         assert_eq!(parse_registry_key("shop.thing.reserve"), None);
         assert_eq!(strip_subject_prefix("cw.shop.es.orders", "cw.shop.es.orders.order-1"), Some("order-1"));
         assert_eq!(strip_subject_prefix("cw.shop.es.orders", "cw.shop.es.orders-x.a"), None);
+    }
+
+    #[test]
+    fn inbox_subjects_carry_the_sender() {
+        let (ns, n) = (l("shop"), l("inventory"));
+        assert_eq!(inbox_to_prefix(&ns, &n), "cw.shop.to.inventory");
+        assert_eq!(inbox_send_prefix(&ns, &n, "shop", "orders"), "cw.shop.to.inventory.shop.orders");
+        let to = inbox_to_prefix(&ns, &n);
+        assert_eq!(
+            parse_inbox_sender(&to, "cw.shop.to.inventory.shop.orders.order.placed"),
+            Some(("shop", "orders", "order.placed"))
+        );
+        assert_eq!(parse_inbox_sender(&to, "cw.shop.in.inventory.order-placed"), None);
+        assert_eq!(parse_inbox_sender(&to, "cw.shop.to.inventory.shop.orders"), None);
+        assert_eq!(
+            inbox_filters(&ns, &n, "order.>"),
+            ["cw.shop.to.inventory.*.*.order.>".to_owned(), "cw.shop.in.inventory.order.>".to_owned()]
+        );
+        assert_eq!(store_live_prefix(&ns, &l("orders")), "cw.shop.live.orders");
+        assert_eq!(reply_inbox_prefix(&ns, &n), "_INBOX.shop.inventory");
+        assert_eq!(node_secret(&n), "causeway-node-inventory");
     }
 }
