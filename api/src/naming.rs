@@ -137,6 +137,13 @@ pub fn inbox_filters(ns: &DnsLabel, node: &DnsLabel, relative: &str) -> [String;
     ]
 }
 
+/// The subjects node `ns/n`'s inbox stream captures: sends that prove their sender
+/// (`cw.<ns>.to.<n>.>`) and, for sidecars of earlier versions during an upgrade, the older
+/// `cw.<ns>.in.<n>.>`.
+pub fn inbox_stream_subjects(ns: &DnsLabel, node: &DnsLabel) -> [String; 2] {
+    [join_subject(&inbox_to_prefix(ns, node), ">"), join_subject(&inbox_subject_prefix(ns, node), ">")]
+}
+
 /// Where a store's stored events are announced, headers only, for live streams:
 /// `cw.<ns>.live.<x>`; an event stored at `cw.<ns>.es.<x>.S` is announced at `<prefix>.S`.
 pub fn store_live_prefix(ns: &DnsLabel, store: &DnsLabel) -> String {

@@ -270,7 +270,10 @@ impl ListenerRecord {
         }
         relative.sort();
         relative.dedup();
-        let filter_subjects = relative.iter().map(|r| naming::join_subject(&prefix, r)).collect();
+        let filter_subjects = match source.kind {
+            Kind::Node => relative.iter().flat_map(|r| naming::inbox_filters(ns, &source.name, r)).collect(),
+            _ => relative.iter().map(|r| naming::join_subject(&prefix, r)).collect(),
+        };
 
         let d = &spec.delivery;
         let nd = &node.delivery;

@@ -437,7 +437,10 @@ fn record_names(r: &Record) -> Map<String, Value> {
         }
         Record::Node(n) => {
             m.insert("inboxStream".into(), json!(n.inbox_stream));
-            m.insert("inboxSubjects".into(), json!(naming::join_subject(&n.inbox_subject_prefix, ">")));
+            m.insert(
+                "inboxSubjects".into(),
+                json!(naming::inbox_stream_subjects(&n.meta.namespace, &n.meta.name).join(", ")),
+            );
             m.insert("stateBucket".into(), json!(n.state_bucket));
             m.insert("globalBucket".into(), json!(n.global_bucket));
         }

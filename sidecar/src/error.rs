@@ -232,7 +232,7 @@ impl Error {
                 "invalid_type"
             }
             InvalidName(NameError::TokenPath { .. } | NameError::SubjectPattern { .. }) => "invalid_subject",
-            InvalidName(NameError::DnsLabel { .. }) => "invalid_name",
+            InvalidName(NameError::DnsLabel { .. } | NameError::AccessRef { .. }) => "invalid_name",
             InvalidQuery(_) => "invalid_query",
             UnknownParameter { .. } => "unknown_parameter",
             UnsupportedCondition { .. } => "unsupported_condition",

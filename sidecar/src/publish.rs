@@ -15,7 +15,11 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use causeway_api::envelope::{Envelope, HEADER_MSG_ID, HEADER_TYPE};
+use causeway_api::{
+    envelope::{Envelope, HEADER_MSG_ID, HEADER_TYPE},
+    naming,
+    registry::NodeRecord,
+};
 use serde::Serialize;
 
 use crate::{
@@ -52,6 +56,24 @@ pub struct Outgoing {
     pub expected: Option<u64>,
     /// Deduplication id when it is not the event id (dead letters carry the original's id).
     pub msg_id: Option<String>,
+}
+
+impl Outgoing {
+    /// An event for `target`'s inbox, published under this sidecar's own sender tokens
+    /// (`cw.<ns>.to.<node>.<our ns>.<our node>.<type>`): its NATS credential allows those and no
+    /// other node's, so the subject proves who sent it.
+    pub fn to_inbox(state: &State, target: &NodeRecord, envelope: Envelope) -> Self {
+        let c = &state.config;
+        let prefix = naming::inbox_send_prefix(&target.meta.namespace, &target.meta.name, &c.namespace, &c.node);
+        Self {
+            subject: naming::join_subject(&prefix, &envelope.event_type),
+            stream: target.inbox_stream.clone(),
+            prefix,
+            envelope,
+            expected: None,
+            msg_id: None,
+        }
+    }
 }
 
 /// What JetStream answered for one event.

@@ -561,14 +561,7 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
                 let tname = format!("{}/{}", target.meta.namespace, target.meta.name);
                 let subject = draft.event_type.clone();
                 let envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
-                Outgoing {
-                    subject: naming::join_subject(&target.inbox_subject_prefix, &subject),
-                    stream: target.inbox_stream.clone(),
-                    prefix: target.inbox_subject_prefix.clone(),
-                    envelope,
-                    expected: None,
-                    msg_id: None,
-                }
+                Outgoing::to_inbox(state, &target, envelope)
             }
             (None, Some(s), Some(subject)) => {
                 causeway_api::names::validate_subject(&subject).map_err(|e| refused(i, &e))?;

@@ -77,7 +77,7 @@ async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
     assert_eq!(s.num_replicas, 1);
     // Node shop/inventory → inbox, state bucket; namespace → global bucket.
     let inbox = stream_info(&js, "CW_IN_shop_inventory").await.config;
-    assert_eq!(inbox.subjects, vec!["cw.shop.in.inventory.>"]);
+    assert_eq!(inbox.subjects, vec!["cw.shop.to.inventory.>", "cw.shop.in.inventory.>"]);
     let state = js.get_key_value("CW_ST_shop_inventory").await.expect("state bucket");
     assert_eq!(state.status().await.unwrap().history(), 1);
     js.get_key_value("CW_GL_shop").await.expect("global bucket");
@@ -88,7 +88,7 @@ async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
     assert_eq!(c.durable_name.as_deref(), Some("cw_shop_reserve-stock"));
     let filters: Vec<String> =
         if c.filter_subject.is_empty() { c.filter_subjects.clone() } else { vec![c.filter_subject.clone()] };
-    assert_eq!(filters, vec!["cw.shop.in.inventory.order-placed"]);
+    assert_eq!(filters, vec!["cw.shop.to.inventory.*.*.order-placed", "cw.shop.in.inventory.order-placed"]);
     assert_eq!(c.max_deliver, 5);
     assert_eq!(c.max_ack_pending, 16, "maxInFlight from the node");
     assert_eq!(c.ack_wait, Duration::from_secs(30));

@@ -528,7 +528,7 @@ async fn examples_become_ready_with_the_jetstream_objects_they_ask_for() {
     assert_eq!(dead["max_age"], json!(14 * day), "retention.maxAge 14d");
     for node in ["orders", "inventory", "shipping"] {
         let inbox = s(&format!("CW_IN_{ns}_{node}"));
-        assert_eq!(inbox["subjects"], json!([format!("cw.{ns}.in.{node}.>")]));
+        assert_eq!(inbox["subjects"], json!([format!("cw.{ns}.to.{node}.>"), format!("cw.{ns}.in.{node}.>")]));
         assert_eq!(inbox["max_consumers"], json!(1000));
         s(&format!("KV_CW_ST_{ns}_{node}"));
     }
@@ -538,14 +538,21 @@ async fn examples_become_ready_with_the_jetstream_objects_they_ask_for() {
     let c = |k: &str| ours_c.get(k).unwrap_or_else(|| panic!("consumer {k} missing: {:?}", ours_c.keys())).clone();
     let reserve = c(&format!("CW_IN_{ns}_inventory/cw_{ns}_reserve-stock"));
     assert_eq!(reserve["durable_name"], json!(format!("cw_{ns}_reserve-stock")));
-    assert_eq!(reserve["filter_subject"], json!(format!("cw.{ns}.in.inventory.order-placed")), "types");
+    assert_eq!(
+        reserve["filter_subjects"],
+        json!([format!("cw.{ns}.to.inventory.*.*.order-placed"), format!("cw.{ns}.in.inventory.order-placed")]),
+        "types, under both inbox layouts"
+    );
     assert_eq!(reserve["ack_wait"], json!(30u64 * 1_000_000_000), "the node's ackWait");
     assert_eq!(reserve["max_ack_pending"], json!(16), "the node's maxInFlight");
     assert_eq!(reserve["max_deliver"], json!(5), "delivery.maxDeliver");
     assert_eq!(reserve["ack_policy"], json!("explicit"));
     assert_eq!(reserve["deliver_policy"], json!("new"), "startAt default");
     let ship = c(&format!("CW_IN_{ns}_shipping/cw_{ns}_ship-order"));
-    assert_eq!(ship["filter_subject"], json!(format!("cw.{ns}.in.shipping.stock-reserved")));
+    assert_eq!(
+        ship["filter_subjects"],
+        json!([format!("cw.{ns}.to.shipping.*.*.stock-reserved"), format!("cw.{ns}.in.shipping.stock-reserved")])
+    );
     assert_eq!(ship["max_ack_pending"], json!(1), "ordered: one at a time");
     let history = c(&format!("CW_ES_{ns}_orders/cw_{ns}_order-history"));
     assert_eq!(history["deliver_policy"], json!("all"), "startAt: all");

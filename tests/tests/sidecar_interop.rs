@@ -66,7 +66,7 @@ async fn python_decodes_every_envelope_field() {
     assert_eq!(env["path"], json!([["shop/web", "shop/orders"]]));
     assert!(env["lamport"].as_u64().unwrap() >= 1);
     let inbox = &lines[1];
-    assert_eq!(inbox["subject"], "cw.shop.in.inventory.reserve");
+    assert_eq!(inbox["subject"], "cw.shop.to.inventory.shop.web.reserve", "the sender is part of the subject");
     assert_eq!(inbox["envelope"]["payload"], "text");
     assert_eq!(inbox["envelope"]["correlationId"], inbox["envelope"]["id"]);
 }

@@ -326,7 +326,7 @@ impl Case<'_> {
         let store = js.get_object_store("CW_BLOB_shop").await.unwrap();
         let mut got = HashMap::new();
         for t in 0..2 {
-            let subject = format!("cw.shop.in.inventory.{}", self.event_type(t));
+            let subject = format!("cw.shop.to.inventory.shop.web.{}", self.event_type(t));
             let mut seq = 1;
             while let Ok(m) = stream.direct_get_next_for_subject(&subject, Some(seq)).await {
                 seq = m.sequence + 1;

@@ -127,7 +127,7 @@ impl Managed for Node {
             observed_generation: self.meta().generation,
             conditions: vec![ready],
             inbox_stream: Some(naming::inbox_stream(ns, name)),
-            inbox_subjects: Some(naming::join_subject(&naming::inbox_subject_prefix(ns, name), ">")),
+            inbox_subjects: Some(naming::inbox_stream_subjects(ns, name).join(", ")),
             state_bucket: Some(naming::state_bucket(ns, name)),
             global_bucket: Some(naming::global_bucket(ns)),
             events: keep(f.events, "events"),

@@ -106,7 +106,7 @@ pub fn inbox_stream(rec: &NodeRecord) -> stream::Config {
     let i = &rec.spec.inbox;
     let mut c = base(
         rec.inbox_stream.clone(),
-        vec![naming::join_subject(&rec.inbox_subject_prefix, ">")],
+        naming::inbox_stream_subjects(&rec.meta.namespace, &rec.meta.name).into(),
         format!("Causeway Node {}/{} inbox", rec.meta.namespace, rec.meta.name),
     );
     c = with_retention(c, &i.retention);

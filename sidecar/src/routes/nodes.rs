@@ -1,6 +1,5 @@
 //! `POST /v1/nodes/{node}/events`: send one event, or an all-or-nothing batch, to a node's inbox.
 
-use causeway_api::naming;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
@@ -33,15 +32,11 @@ pub async fn send(state: &State, node: &str, req: Request<Incoming>) -> Result<R
         .map(|d| {
             // In an inbox the subject is the event type, so listeners filter by type on the server.
             let subject = d.event_type.clone();
-            let envelope = build(d, None, &state.causes, &state.clock, &sender, &target_name, &subject);
-            Outgoing {
-                subject: naming::join_subject(&target.inbox_subject_prefix, &subject),
-                stream: target.inbox_stream.clone(),
-                prefix: target.inbox_subject_prefix.clone(),
-                envelope,
-                expected: None,
-                msg_id: None,
-            }
+            Outgoing::to_inbox(
+                state,
+                &target,
+                build(d, None, &state.causes, &state.clock, &sender, &target_name, &subject),
+            )
         })
         .collect();
     if batch {
