@@ -7,7 +7,8 @@
 //! - [`envelope`]: the event on the wire (MessagePack) and at the app (JSON);
 //! - [`causal`]: causal context and the Lamport clock;
 //! - [`check`]: rules relating two spec fields;
-//! - [`registry`]: the resolved records sidecars read from `CW_REGISTRY`.
+//! - [`registry`]: the resolved records sidecars read from `CW_REGISTRY`;
+//! - [`creds`]: the NATS `.creds` file and the claims of a user JWT.
 //!
 //! Pure: no I/O.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@
 pub mod causal;
 pub mod check;
 pub mod crd;
+pub mod creds;
 pub mod envelope;
 pub mod names;
 pub mod naming;

@@ -118,6 +118,21 @@ pub fn validate_subject_pattern(s: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// True when the NATS subject pattern `pattern` (`*` one token, a final `>` one or more)
+/// matches the concrete subject `subject`, token by token as nats-server matches them.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut s = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, s.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    s.next().is_none()
+}
+
 /// True when a subject pattern contains a wildcard.
 pub fn is_wildcard(pattern: &str) -> bool {
     pattern.split('.').any(|t| t == "*" || t == ">")
@@ -292,6 +307,20 @@ impl AccessRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_matching() {
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(subject_matches("a.*", "a.b"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(subject_matches(">", "a"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(!subject_matches("a.b.c", "a.b"));
+        assert!(subject_matches("$JS.API.DIRECT.GET.CW_ES_shop_orders", "$JS.API.DIRECT.GET.CW_ES_shop_orders"));
+        assert!(!subject_matches("$JS.API.DIRECT.GET.CW_ES_shop_orders", "$JS.API.DIRECT.GET.CW_ES_shop_orders2"));
+    }
 
     #[test]
     fn access_refs() {
