@@ -327,6 +327,32 @@ impl ListenerRecord {
         })
     }
 
+    /// For an inbox listener, checks that an event read at `subject` says what its subject
+    /// proves: the sender named by the subject's sender tokens (which NATS permissions tie to the
+    /// publishing node's credential) and the type the subject carries. Events under the older
+    /// `cw.<ns>.in.<n>.<T>` layout prove nothing and pass, as do all events of a store.
+    pub fn check_sender(&self, subject: &str, env: &crate::envelope::Envelope) -> Result<(), String> {
+        if self.source.kind != Kind::Node {
+            return Ok(());
+        }
+        let to = naming::inbox_to_prefix(&self.meta.namespace, &self.source.name);
+        let Some((ns, node, event_type)) = naming::parse_inbox_sender(&to, subject) else { return Ok(()) };
+        let proven = format!("{ns}/{node}");
+        if env.sender != proven {
+            return Err(format!(
+                "forged_sender: event {} claims sender {:?} but was published by {proven} (its subject {subject})",
+                env.id, env.sender
+            ));
+        }
+        if env.event_type != event_type {
+            return Err(format!(
+                "forged_sender: event {} claims type {:?} but {proven} published it as type {event_type:?} (its subject {subject})",
+                env.id, env.event_type
+            ));
+        }
+        Ok(())
+    }
+
     /// True when an event of this type is for this listener.
     pub fn wants_type(&self, event_type: &str) -> bool {
         self.types.is_empty() || self.types.iter().any(|f| crate::names::type_matches(f, event_type))
@@ -336,4 +362,66 @@ impl ListenerRecord {
 /// True when a subject pattern (relative) can match more than one subject.
 pub fn pattern_is_wildcard(p: &str) -> bool {
     is_wildcard(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        crd::{ListenerSpec, NodeSpec},
+        envelope::Envelope,
+    };
+
+    fn listener(source: serde_json::Value) -> ListenerRecord {
+        let spec: ListenerSpec =
+            serde_json::from_value(serde_json::json!({"node": "inventory", "source": source})).unwrap();
+        let meta = Meta {
+            namespace: DnsLabel::new("shop").unwrap(),
+            name: DnsLabel::new("reserve").unwrap(),
+            generation: None,
+            manager: "test".into(),
+        };
+        let node: NodeSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        ListenerRecord::resolve(meta, &spec, &node).unwrap()
+    }
+
+    fn event(sender: &str, event_type: &str) -> Envelope {
+        Envelope {
+            id: "e1".into(),
+            event_type: event_type.into(),
+            payload: serde_json::Value::Null,
+            subject: None,
+            time: "2026-11-25T00:00:00Z".into(),
+            sender: sender.into(),
+            causation_id: None,
+            correlation_id: "e1".into(),
+            path: vec![],
+            lamport: 1,
+            blob: None,
+            dead_letter: None,
+            extensions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_inbox_event_must_say_what_its_subject_proves() {
+        let l = listener(serde_json::json!({"inbox": "inventory"}));
+        let subject = "cw.shop.to.inventory.shop.orders.order.placed";
+        assert_eq!(l.check_sender(subject, &event("shop/orders", "order.placed")), Ok(()));
+        let forged = l.check_sender(subject, &event("shop/billing", "order.placed")).unwrap_err();
+        assert!(forged.starts_with("forged_sender") && forged.contains("shop/orders"), "{forged}");
+        let retyped = l.check_sender(subject, &event("shop/orders", "order.cancelled")).unwrap_err();
+        assert!(retyped.contains("type"), "{retyped}");
+        // The older layout proves nothing, and so cannot be checked.
+        assert_eq!(l.check_sender("cw.shop.in.inventory.order.placed", &event("shop/anyone", "order.placed")), Ok(()));
+        // Store events carry user subjects.
+        let s = listener(serde_json::json!({"store": "orders"}));
+        assert_eq!(s.check_sender("cw.shop.es.orders.a.b.c", &event("x/y", "t")), Ok(()));
+    }
+
+    #[test]
+    fn inbox_listeners_filter_both_layouts() {
+        let l = listener(serde_json::json!({"inbox": "inventory"}));
+        assert_eq!(l.filter_subjects, vec!["cw.shop.to.inventory.*.*.>", "cw.shop.in.inventory.>"]);
+    }
 }

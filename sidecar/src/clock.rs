@@ -62,8 +62,7 @@ pub async fn keep(state: Arc<State>) {
 }
 
 async fn restore(state: &State, bucket: &str) -> Result<u64, String> {
-    let kv = state.bucket(bucket).await.map_err(|e| e.to_string())?;
-    let entry = kv.get(CLOCK_KEY).await.map_err(|e| e.to_string())?;
+    let entry = crate::nats::kv_value(&state.client, bucket, CLOCK_KEY).await.map_err(|e| e.to_string())?;
     let saved = match entry {
         Some(b) => std::str::from_utf8(&b).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0),
         None => 0,

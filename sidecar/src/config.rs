@@ -18,6 +18,8 @@ pub const ENV_NAMESPACE: &str = "CAUSEWAY_NAMESPACE";
 pub const ENV_NATS_URL: &str = "CAUSEWAY_NATS_URL";
 /// Path of a NATS `.creds` file.
 pub const ENV_NATS_CREDS: &str = "CAUSEWAY_NATS_CREDS";
+/// How often the credentials file is checked for a renewed credential (default `10s`).
+pub const ENV_NATS_CREDS_RELOAD: &str = "CAUSEWAY_NATS_CREDS_RELOAD";
 /// NATS user name (with [`ENV_NATS_PASSWORD`]).
 pub const ENV_NATS_USER: &str = "CAUSEWAY_NATS_USER";
 /// NATS password.
@@ -158,6 +160,8 @@ pub struct Config {
     pub grace_period: Duration,
     /// Byte budget of one load answer.
     pub max_load_bytes: usize,
+    /// How often the credentials file is checked for a change.
+    pub creds_reload: Duration,
 }
 
 /// A configuration problem: the variable and what is wrong with it.
@@ -313,6 +317,9 @@ impl Config {
                 .unwrap_or(Duration::from_secs(10)),
             grace_period: parse_duration(ENV_GRACE_PERIOD, get(ENV_GRACE_PERIOD))?.unwrap_or(Duration::from_secs(20)),
             max_load_bytes,
+            creds_reload: parse_duration(ENV_NATS_CREDS_RELOAD, get(ENV_NATS_CREDS_RELOAD))?
+                .unwrap_or(Duration::from_secs(10))
+                .max(Duration::from_millis(50)),
         })
     }
 

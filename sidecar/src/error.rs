@@ -113,6 +113,14 @@ pub enum Error {
     /// Fetch on a push listener.
     #[error("listener {0:?} delivers by push; only pull listeners can be fetched")]
     NotPullListener(String),
+    /// The node's access policy does not allow this.
+    #[error("{message}")]
+    Forbidden {
+        /// The policy that refused it: `<ns>/<node> spec.access.<list>`.
+        policy: String,
+        /// What was refused and how to allow it.
+        message: String,
+    },
     /// The event id is already stored elsewhere in the same stream.
     #[error(
         "event id {id:?} is already stored in {stream} on subject {subject:?} at sequence {sequence}; ids are unique per store (and inbox) within its duplicate window, so use a new id for a new event"
@@ -203,7 +211,7 @@ impl Error {
             | InvalidKey(_)
             | InvalidAck(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            ForbiddenHost(_) | ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            ForbiddenHost(_) | ForbiddenOrigin(_) | Forbidden { .. } => StatusCode::FORBIDDEN,
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             UnknownNode { .. } | UnknownStore { .. } | UnknownListener { .. } | NoRoute { .. } | KeyNotFound(_) => {
                 StatusCode::NOT_FOUND
@@ -240,6 +248,7 @@ impl Error {
             ForbiddenOrigin(_) => "forbidden_origin",
             RequestTimeout(_) => "request_timeout",
             IdConflict { .. } => "id_conflict",
+            Forbidden { .. } => "forbidden",
             NotSynced(_) => "not_ready",
             InvalidHeader(_) => "invalid_header",
             InvalidKey(_) => "invalid_key",
@@ -298,6 +307,9 @@ impl Error {
                 m.insert("stream".into(), json!(stream));
                 m.insert("subject".into(), json!(subject));
                 m.insert("sequence".into(), json!(sequence));
+            }
+            Error::Forbidden { policy, .. } => {
+                m.insert("policy".into(), json!(policy));
             }
             Error::PreconditionFailed { revision: Some(r), .. } => {
                 m.insert("revision".into(), json!(r));

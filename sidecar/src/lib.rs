@@ -4,17 +4,20 @@
 //! - [`server`]: the hyper server and router; [`routes`]: one file per resource;
 //! - [`registry`]: name resolution through `CW_REGISTRY`;
 //! - [`event`], [`publish`], [`blob`]: request → envelope → JetStream, and back;
-//! - [`nats`]: the connection, resilient writes and batched direct gets;
+//! - [`nats`]: the connection, resilient writes and batched direct gets; [`creds`]: the
+//!   NATS credential, reloaded when it changes;
 //! - [`conditional`]: RFC 9110 conditional requests; [`acktoken`]: signed ack tokens;
-//! - [`push`]: push delivery to the app;
+//! - [`push`]: push delivery to the app; [`access`]: the node's access policy;
 //! - [`metrics`], [`error`], [`http`], [`state`]: the plumbing.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod acktoken;
 pub mod blob;
 pub mod clock;
 pub mod conditional;
 pub mod config;
+pub mod creds;
 pub mod error;
 pub mod event;
 pub mod flag;
@@ -42,9 +45,19 @@ const TEARDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// or the grace period has passed, whatever NATS is doing.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let link = nats::Link::new();
-    let client = nats::connect(&config, link.clone()).await?;
+    let creds = match &config.nats_auth {
+        config::NatsAuth::Creds(p) => {
+            Some(creds::Creds::load(p).map_err(|e| format!("{}: {e}", config::ENV_NATS_CREDS))?)
+        }
+        _ => None,
+    };
+    let client = nats::connect(&config, link.clone(), creds.clone()).await?;
     let grace = config.grace_period;
-    let state = State::new(config, client.clone(), link.clone(), shutdown.clone());
+    let reload = config.creds_reload;
+    let state = State::new(config, client.clone(), link.clone(), creds.clone(), shutdown.clone());
+    if let Some(c) = creds {
+        tokio::spawn(c.watch(client.clone(), reload, state.metrics.credentials_expiry.clone(), shutdown.clone()));
+    }
     let registry =
         tokio::spawn(registry::follow(state.registry.clone(), client.clone(), link.clone(), shutdown.clone()));
     let health = tokio::spawn(push::watch_app_health(state.clone()));

@@ -38,6 +38,11 @@ pub struct Metrics {
     /// Stored messages that could not be served (not a Causeway event, or a payload blob gone
     /// or damaged), by where they were met: load, stream, fetch, push.
     pub undecodable: Family<Labels, Counter>,
+    /// Inbox events refused because their `sender` or type disagrees with what their subject
+    /// proves, by listener.
+    pub forged: Family<Labels, Counter>,
+    /// When the NATS credential expires (Unix seconds; 0 without one, or one that never does).
+    pub credentials_expiry: Gauge,
     /// Live-stream consumers this sidecar holds open.
     pub live_consumers: Gauge,
 }
@@ -60,6 +65,8 @@ impl Default for Metrics {
         let app_healthy = Gauge::default();
         let nats_connected = Gauge::default();
         let undecodable = Family::<Labels, Counter>::default();
+        let forged = Family::<Labels, Counter>::default();
+        let credentials_expiry = Gauge::default();
         let live_consumers = Gauge::default();
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
@@ -80,6 +87,16 @@ impl Default for Metrics {
             "Stored messages skipped because they cannot be served, by where they were met",
             undecodable.clone(),
         );
+        registry.register(
+            "forged_events",
+            "Inbox events refused because their sender or type disagrees with their subject, by listener",
+            forged.clone(),
+        );
+        registry.register(
+            "credentials_expiry_timestamp_seconds",
+            "When the NATS credential expires (Unix seconds; 0 without one or when it never expires)",
+            credentials_expiry.clone(),
+        );
         registry.register("live_consumers", "Live-stream consumers this sidecar holds open", live_consumers.clone());
         Self {
             registry,
@@ -94,6 +111,8 @@ impl Default for Metrics {
             app_healthy,
             nats_connected,
             undecodable,
+            forged,
+            credentials_expiry,
             live_consumers,
         }
     }
@@ -115,6 +134,11 @@ impl Metrics {
     /// Counts a stored message that could not be served.
     pub fn undecodable(&self, place: &'static str) {
         self.undecodable.get_or_create(&vec![("where", place.to_owned())]).inc();
+    }
+
+    /// Counts an inbox event refused for a forged sender.
+    pub fn forged(&self, listener: &str) {
+        self.forged.get_or_create(&vec![("listener", listener.to_owned())]).inc();
     }
 
     /// Counts events written.

@@ -12,6 +12,8 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::{HeaderMap, Message, Request, RequestErrorKind, StatusCode};
+
+use crate::creds::Creds;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -91,9 +93,25 @@ impl Link {
 
 /// Connects to NATS with the configured credentials. The first connection is retried in the
 /// background, so the sidecar serves `/healthz` (and a failing `/readyz`) while NATS is away.
-pub async fn connect(config: &Config, link: Arc<Link>) -> Result<async_nats::Client, String> {
-    let mut opts = async_nats::ConnectOptions::new()
+///
+/// With a credentials file, every (re)connect is signed with what [`Creds`] holds at that moment,
+/// so a renewed credential is picked up without a restart. Replies come to the node's own
+/// `_INBOX.<ns>.<node>` prefix, the only one its credential may subscribe to.
+pub async fn connect(
+    config: &Config,
+    link: Arc<Link>,
+    creds: Option<Arc<Creds>>,
+) -> Result<async_nats::Client, String> {
+    let opts = match creds {
+        Some(c) => async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+            let c = c.clone();
+            async move { c.auth(&nonce) }
+        }),
+        None => async_nats::ConnectOptions::new(),
+    };
+    let mut opts = opts
         .name(format!("causeway-sidecar {}", config.sender()))
+        .custom_inbox_prefix(causeway_api::naming::reply_inbox_prefix(&config.namespace, &config.node))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |e| {
@@ -109,10 +127,8 @@ pub async fn connect(config: &Config, link: Arc<Link>) -> Result<async_nats::Cli
             }
         });
     opts = match &config.nats_auth {
-        config::NatsAuth::None => opts,
-        config::NatsAuth::Creds(p) => {
-            opts.credentials_file(p).await.map_err(|e| format!("{}: {e}", config::ENV_NATS_CREDS))?
-        }
+        // Signed by the callback above.
+        config::NatsAuth::None | config::NatsAuth::Creds(_) => opts,
         config::NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
         config::NatsAuth::Token(t) => opts.token(t.clone()),
     };
@@ -322,7 +338,24 @@ pub async fn direct_batch(
 /// The last message on `subject` (a subject or pattern) in `stream`, read by direct get from any
 /// replica; `None` when there is none.
 pub async fn direct_last(client: &async_nats::Client, stream: &str, subject: &str) -> Result<Option<Stored>> {
-    let body = serde_json::json!({ "last_by_subj": subject });
+    direct_one(client, stream, serde_json::json!({ "last_by_subj": subject })).await
+}
+
+/// The current value of `key` in KV bucket `bucket`, read by direct get (`None` when absent or
+/// deleted). Unlike the client's KV get it asks with the request body, so a node's credential
+/// needs one permission per bucket (`$JS.API.DIRECT.GET.KV_<bucket>`), not one per key.
+pub async fn kv_value(client: &async_nats::Client, bucket: &str, key: &str) -> Result<Option<Bytes>> {
+    let m = direct_last(client, &format!("KV_{bucket}"), &format!("$KV.{bucket}.{key}")).await?;
+    Ok(m.filter(|m| !m.headers.get("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")))
+        .map(|m| m.payload))
+}
+
+/// The message at sequence `seq` of `stream`, read by direct get; `None` when there is none.
+pub async fn direct_seq(client: &async_nats::Client, stream: &str, seq: u64) -> Result<Option<Stored>> {
+    direct_one(client, stream, serde_json::json!({ "seq": seq })).await
+}
+
+async fn direct_one(client: &async_nats::Client, stream: &str, body: serde_json::Value) -> Result<Option<Stored>> {
     let req = Request::new().payload(body.to_string().into()).timeout(Some(DIRECT_TIMEOUT));
     let m = client.send_request(format!("$JS.API.DIRECT.GET.{stream}"), req).await.map_err(|e| match e.kind() {
         RequestErrorKind::NoResponders => Error::Unavailable(format!(

@@ -199,15 +199,17 @@ fn msg_id(out: &Outgoing) -> &str {
 /// A duplicate is only honest when the stored event lives on the subject this request named.
 /// JetStream deduplicates per stream, so the same id on another subject would otherwise be
 /// answered as if that subject held it.
+///
+/// A sidecar whose NATS credential may not read the stream (an inbox of another node, when node
+/// credentials are issued: sending does not grant reading) cannot check, and trusts JetStream's
+/// per-stream answer: an event with this id is already in that inbox.
 async fn check_same_subject(state: &State, out: &Outgoing, seq: u64) -> Result<()> {
     let stream = out.stream.clone();
+    if state.creds.as_ref().is_some_and(|c| !c.may_publish(&format!("$JS.API.DIRECT.GET.{stream}"))) {
+        return Ok(());
+    }
     let read = resilient(&state.link, state.config.nats_wait, || async {
-        let s = state.js.get_stream_no_info(&stream).await.map_err(|e| Error::Unavailable(e.to_string()))?;
-        match s.get_raw_message(seq).await {
-            Ok(m) => Ok(Some(m.subject.to_string())),
-            Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(Error::Unavailable(format!("{stream}: {e}"))),
-        }
+        Ok(crate::nats::direct_seq(&state.client, &stream, seq).await?.map(|m| m.subject))
     })
     .await?;
     match read {

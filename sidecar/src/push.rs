@@ -349,6 +349,13 @@ async fn deliver(
     if event_type.is_none() && !l.wants_type(&env.event_type) {
         return Outcome::Ack("skipped");
     }
+    // Before the clock or the app sees it: a forged event must leave no trace but the dead letter.
+    if let Err(error) = l.check_sender(&msg.subject, &env) {
+        state.metrics.forged(l.meta.name.as_str());
+        tracing::warn!(listener = %l.meta.name, seq, %error, "refusing an inbox event whose sender is forged");
+        *slot = Some(env);
+        return Outcome::Refused { status: None, error };
+    }
     if let Some(r) = env.blob.take() {
         let read = match state.blobs.fetch(&r).await {
             Ok(b) => rmp_serde::from_slice(&b)
@@ -374,7 +381,7 @@ async fn deliver(
     let handled = handled_key(l.meta.name.as_str(), &env.id);
     let state_kv = if l.delivery.exactly_once {
         match state.bucket(&state.state_bucket()).await {
-            Ok(kv) => match kv.get(&handled).await {
+            Ok(kv) => match crate::nats::kv_value(&state.client, &state.state_bucket(), &handled).await {
                 // Handled before (the sidecar stopped before the ack landed): publish the events
                 // the app's reply asked for again (their ids are fixed, so JetStream stores them
                 // once), ack, and do not call the app again.
@@ -551,7 +558,7 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
         }
         let out = match (node, store, subject) {
             (Some(n), None, None) => {
-                let target = match state.registry.node(&state.client, &state.link, state.config.nats_wait, &n).await {
+                let target = match crate::access::send_target(state, &n).await {
                     Ok(t) => t,
                     Err(e) if e.status().is_server_error() => {
                         return Err(Outcome::Retry { status: None, error: format!("emit [{i}]: {e}") });
@@ -565,7 +572,7 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
             }
             (None, Some(s), Some(subject)) => {
                 causeway_api::names::validate_subject(&subject).map_err(|e| refused(i, &e))?;
-                let rec = match state.registry.store(&s) {
+                let rec = match crate::access::store(state, causeway_api::crd::AccessAction::Append, &s).await {
                     Ok(r) => r,
                     Err(e) if e.status().is_server_error() => {
                         return Err(Outcome::Retry { status: None, error: format!("emit [{i}]: {e}") });

@@ -64,8 +64,8 @@ pub struct Registry {
     foreign: RwLock<BTreeMap<String, Cached>>,
 }
 
-/// A node of another namespace, looked up at a time (`None`: not found).
-type Cached = (Instant, Option<Arc<NodeRecord>>);
+/// A record of another namespace, looked up at a time (`None`: not found).
+type Cached = (Instant, Option<Record>);
 
 const FOREIGN_TTL: Duration = Duration::from_secs(5);
 const FOREIGN_CAP: usize = 1024;
@@ -212,6 +212,11 @@ impl Registry {
         self.snapshot().listeners.values().filter(|l| l.node == self.node).cloned().collect()
     }
 
+    /// Splits `name` or `namespace.name` into `(namespace, name)`.
+    pub fn split<'a>(&'a self, target: &'a str) -> (&'a str, &'a str) {
+        target.split_once('.').unwrap_or((self.namespace.as_str(), target))
+    }
+
     /// Resolves `name` or `namespace.name` to a node.
     pub async fn node(
         &self,
@@ -221,10 +226,7 @@ impl Registry {
         target: &str,
     ) -> Result<Arc<NodeRecord>> {
         self.ready()?;
-        let (ns, name) = match target.split_once('.') {
-            Some((ns, name)) => (ns, name),
-            None => (self.namespace.as_str(), target),
-        };
+        let (ns, name) = self.split(target);
         if ns == self.namespace.as_str() {
             let s = self.snapshot();
             return s.nodes.get(name).cloned().ok_or_else(|| Error::UnknownNode {
@@ -232,21 +234,52 @@ impl Registry {
                 known: s.nodes.keys().cloned().collect(),
             });
         }
-        let unknown = || Error::UnknownNode { name: target.to_owned(), known: vec![] };
-        let (Ok(ns), Ok(name)) = (DnsLabel::new(ns), DnsLabel::new(name)) else { return Err(unknown()) };
-        let key = naming::registry_key(&ns, Kind::Node, &name);
+        match self.foreign(client, link, wait, Kind::Node, ns, name).await? {
+            Some(Record::Node(n)) => Ok(Arc::new(n)),
+            _ => Err(Error::UnknownNode { name: target.to_owned(), known: vec![] }),
+        }
+    }
+
+    /// Resolves `name` or `namespace.name` to a store.
+    pub async fn any_store(
+        &self,
+        client: &async_nats::Client,
+        link: &Link,
+        wait: Duration,
+        target: &str,
+    ) -> Result<Arc<StoreRecord>> {
+        self.ready()?;
+        let (ns, name) = self.split(target);
+        if ns == self.namespace.as_str() {
+            return self.store(name);
+        }
+        match self.foreign(client, link, wait, Kind::EventStore, ns, name).await? {
+            Some(Record::EventStore(s)) => Ok(Arc::new(s)),
+            _ => Err(Error::UnknownStore { name: target.to_owned(), known: vec![] }),
+        }
+    }
+
+    /// A record of another namespace, read with a direct get and cached for a few seconds.
+    async fn foreign(
+        &self,
+        client: &async_nats::Client,
+        link: &Link,
+        wait: Duration,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Record>> {
+        let (Ok(ns), Ok(name)) = (DnsLabel::new(ns), DnsLabel::new(name)) else { return Ok(None) };
+        let key = naming::registry_key(&ns, kind, &name);
         if let Some((at, rec)) = self.foreign.read().unwrap_or_else(|e| e.into_inner()).get(&key)
             && at.elapsed() < FOREIGN_TTL
         {
-            return rec.clone().ok_or_else(unknown);
+            return Ok(rec.clone());
         }
         let (stream, subject) = (registry_stream(), naming::registry_kv_subject(&key));
         let read = crate::nats::resilient(link, wait, || direct_last(client, &stream, &subject)).await?;
         let rec = match read {
-            Some(m) if !is_delete(&m.headers) => match Record::from_bytes(&m.payload) {
-                Ok(Record::Node(n)) => Some(Arc::new(n)),
-                _ => None,
-            },
+            Some(m) if !is_delete(&m.headers) => Record::from_bytes(&m.payload).ok(),
             _ => None,
         };
         let mut f = self.foreign.write().unwrap_or_else(|e| e.into_inner());
@@ -254,7 +287,7 @@ impl Registry {
             f.clear();
         }
         f.insert(key, (Instant::now(), rec.clone()));
-        rec.ok_or_else(unknown)
+        Ok(rec)
     }
 }
 

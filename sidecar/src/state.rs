@@ -14,6 +14,7 @@ use crate::{
     acktoken::AckTokens,
     blob::Blobs,
     config::Config,
+    creds::Creds,
     error::{Error, Result},
     event::Causes,
     http::BodyLimits,
@@ -34,6 +35,8 @@ pub struct State {
     pub client: async_nats::Client,
     /// Whether it is connected, and since when.
     pub link: Arc<Link>,
+    /// The NATS credential file, when one is configured.
+    pub creds: Option<Arc<Creds>>,
     /// Signs the ack tokens this sidecar's fetches hand out.
     pub tokens: AckTokens,
     /// The live streams' consumers, deleted when their client goes or the sidecar stops.
@@ -71,6 +74,7 @@ impl State {
         config: Config,
         client: async_nats::Client,
         link: Arc<Link>,
+        creds: Option<Arc<Creds>>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let js = jetstream::new(client.clone());
@@ -82,6 +86,7 @@ impl State {
             config,
             client,
             link,
+            creds,
             tokens: AckTokens::new(),
             live: LiveConsumers::default(),
             js,

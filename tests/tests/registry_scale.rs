@@ -57,7 +57,7 @@ async fn a_full_registry_stream_still_serves_1200_followers_and_new_sidecars() {
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
         let link = Link::new();
-        let client = connect(&config, link.clone()).await.unwrap();
+        let client = connect(&config, link.clone(), None).await.unwrap();
         for _ in 0..FOLLOWERS / CONNECTIONS {
             let reg = Registry::new(DnsLabel::new("shop").unwrap(), DnsLabel::new("web").unwrap());
             tasks.push(tokio::spawn(follow(reg.clone(), client.clone(), link.clone(), stop.clone())));

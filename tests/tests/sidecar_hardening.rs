@@ -61,6 +61,12 @@ spec:
   delivery: {mode: pull, ackWait: 2s}
 "#
     )
+    // web may send to namespace `other` too, so a send there waits for NATS rather than being
+    // refused by its access policy.
+    .replace(
+        "metadata: {name: web, namespace: shop}\nspec: {}",
+        "metadata: {name: web, namespace: shop}\nspec: {access: {send: [\"*\", \"other/*\"]}}",
+    )
 }
 
 async fn setup(env: &[(&str, &str)]) -> (NatsServer, Sidecar) {

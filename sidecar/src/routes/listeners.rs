@@ -123,12 +123,25 @@ pub async fn fetch(state: &State, name: &str, req: &http::Request<hyper::body::I
         let Ok(info) = m.info() else { continue };
         let (seq, attempt) = (info.stream_sequence, info.delivered);
         let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else { continue };
-        let env = match decode_stored(state, &m.payload, &l.stream, seq, None).await {
+        let decoded = match decode_stored(state, &m.payload, &l.stream, seq, None).await {
+            Ok(Decoded::Event(env, size)) => match l.check_sender(&m.subject, &env) {
+                Ok(()) => Ok(Decoded::Event(env, size)),
+                Err(error) => {
+                    state.metrics.forged(l.meta.name.as_str());
+                    tracing::warn!(listener = %l.meta.name, seq, %error, "refusing an inbox event whose sender is forged");
+                    Ok(Decoded::Skipped(error))
+                }
+            },
+            other => other,
+        };
+        let env = match decoded {
             Ok(Decoded::Event(env, _)) => env,
             Ok(Decoded::Skipped(error)) => {
                 // It can never be served: dead-letter it (if the listener has one) and let it go,
                 // as push delivery does, so it does not come back on every fetch.
-                state.metrics.undecodable("fetch");
+                if !error.starts_with("forged_sender") {
+                    state.metrics.undecodable("fetch");
+                }
                 if let Err(e) = crate::push::dead_letter(state, &l, None, &m, seq, attempt as u64, None, &error).await {
                     tracing::warn!(listener = %l.meta.name, seq, error = %e, "dead letter failed; the event comes back later");
                     let _ = m.ack_with(AckKind::Nak(None)).await;

@@ -24,7 +24,7 @@ pub async fn send(state: &State, node: &str, req: Request<Incoming>) -> Result<R
     )?;
     let body = read_body(&parts.headers, body, state.body_limits()).await?;
     let (drafts, batch) = parse_request(&parts.headers, &body)?;
-    let target = state.registry.node(&state.client, &state.link, state.config.nats_wait, node).await?;
+    let target = crate::access::send_target(state, node).await?;
     let target_name = format!("{}/{}", target.meta.namespace, target.meta.name);
     let sender = state.sender();
     let outs: Vec<Outgoing> = drafts

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use causeway_api::crd::AccessAction;
 use causeway_api::{
     names::{is_wildcard, validate_subject, validate_subject_pattern},
     naming,
@@ -88,7 +89,7 @@ pub async fn append(state: &State, store: &str, subject: &str, req: Request<Inco
     let expect = expectation(&conds, &query)?;
     let body = read_body(&parts.headers, body, state.body_limits()).await?;
     let (drafts, batch) = parse_request(&parts.headers, &body)?;
-    let record = state.registry.store(store)?;
+    let record = crate::access::store(state, AccessAction::Append, store).await?;
     let target = format!("{}/{}", record.meta.namespace, record.meta.name);
     let full_subject = naming::join_subject(&record.subject_prefix, subject);
     let sender = state.sender();
@@ -172,7 +173,7 @@ pub async fn load(state: &State, store: &str, pattern: &str, req: &Request<Incom
     if limit == 0 || limit > MAX_LOAD_EVENTS {
         return Err(Error::InvalidQuery(format!("limit must be between 1 and {MAX_LOAD_EVENTS}")));
     }
-    let record = state.registry.store(store)?;
+    let record = crate::access::store(state, AccessAction::Read, store).await?;
     let filter = naming::join_subject(&record.subject_prefix, pattern);
 
     // Where the matching events end, as the stream's leader says before we read. Direct gets may
@@ -340,7 +341,7 @@ fn stream_unavailable(stream: &str, e: impl std::fmt::Display) -> Error {
 pub async fn figures(state: &State, store: &str, req: &Request<Incoming>) -> Result<Resp> {
     Query::parse(req.uri().query(), &[])?;
     Conditions::parse(req.headers(), Support::None, "the figures of a store take no condition")?;
-    let record = state.registry.store(store)?;
+    let record = crate::access::store(state, AccessAction::Read, store).await?;
     let info = resilient(&state.link, state.config.nats_wait, || async {
         let mut stream =
             state.js.get_stream(&record.stream).await.map_err(|e| stream_unavailable(&record.stream, e))?;

@@ -158,7 +158,7 @@ pub async fn live(state: &Arc<State>, store: &str, req: Request<Incoming>) -> Re
     } else {
         Format::Sse
     };
-    let record = state.registry.store(store)?;
+    let record = crate::access::store(state, causeway_api::crd::AccessAction::Read, store).await?;
     let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
         Error::TooBusy(format!(
             "{} live streams are open, the most allowed (CAUSEWAY_MAX_STREAMS)",
