@@ -114,10 +114,20 @@ pub struct WebhookArgs {
 }
 
 impl WebhookArgs {
-    fn config(&self, nats_url: &str, namespace: &str) -> Result<Option<WebhookConfig>, String> {
+    /// `per_node`: the operator issues each Node its own credential (`--nats-account-key`).
+    fn config(&self, nats_url: &str, namespace: &str, per_node: bool) -> Result<Option<WebhookConfig>, String> {
         if self.no_webhook {
             return Ok(None);
         }
+        let shared = self.sidecar_creds_secret.clone().filter(|s| !s.trim().is_empty());
+        let creds = match (per_node, shared) {
+            (true, Some(_)) => {
+                return Err("give --sidecar-creds-secret (one credential shared by every sidecar) or --nats-account-key (a credential per Node), not both".into());
+            }
+            (true, None) => inject::CredsSource::PerNode,
+            (false, Some(s)) => inject::CredsSource::Shared(s),
+            (false, None) => inject::CredsSource::None,
+        };
         let mut resources = std::collections::BTreeMap::new();
         for (kind, res, q) in [
             ("requests", "cpu", Some(&self.sidecar_cpu_request)),
@@ -142,7 +152,7 @@ impl WebhookArgs {
                 image: self.sidecar_image.clone(),
                 image_pull_policy: self.sidecar_image_pull_policy.clone(),
                 nats_url: self.sidecar_nats_url.clone().unwrap_or_else(|| nats_url.to_owned()),
-                creds_secret: self.sidecar_creds_secret.clone().filter(|s| !s.trim().is_empty()),
+                creds,
                 resources,
                 log: self.sidecar_log.clone(),
                 ..InjectConfig::default()
@@ -181,7 +191,7 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
         return ExitCode::from(EXIT_INVALID);
     }
     let namespace = a.lease_namespace.clone().unwrap_or_else(|| "default".into());
-    let webhook = match a.webhook.config(&a.nats.url, &namespace) {
+    let webhook = match a.webhook.config(&a.nats.url, &namespace, false) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: {e}");

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use causeway_operator::webhook::{
-    inject::{CREDS_DIR, CREDS_VOLUME, InjectConfig, SIDECAR_NAME},
+    inject::{CREDS_DIR, CREDS_VOLUME, CredsSource, InjectConfig, SIDECAR_NAME},
     review, serve, tls,
 };
 use http::{Request, Response};
@@ -126,7 +126,7 @@ async fn unannotated_pods_other_operations_and_already_injected_pods_pass_untouc
 
 #[tokio::test]
 async fn existing_init_containers_and_volumes_keep_their_place_after_the_sidecar() {
-    let cfg = InjectConfig { creds_secret: Some("nats-creds".into()), ..InjectConfig::default() };
+    let cfg = InjectConfig { creds: CredsSource::Shared("nats-creds".into()), ..InjectConfig::default() };
     let spec = json!({
         "initContainers": [{"name": "migrate", "image": "shop/migrate:1"}],
         "containers": [{"name": "app", "image": "shop/inventory:1", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
@@ -143,7 +143,8 @@ async fn existing_init_containers_and_volumes_keep_their_place_after_the_sidecar
     assert_eq!(inits, [SIDECAR_NAME, "migrate"], "the sidecar starts first");
     assert_eq!(
         out["spec"]["volumes"][1],
-        json!({"name": CREDS_VOLUME, "secret": {"secretName": "nats-creds", "defaultMode": 0o440}})
+        json!({"name": CREDS_VOLUME, "secret": {"secretName": "nats-creds", "defaultMode": 0o444}}),
+        "readable by the sidecar's non-root user"
     );
     // The credentials are mounted into the sidecar only, never into the app.
     assert_eq!(
@@ -152,6 +153,35 @@ async fn existing_init_containers_and_volumes_keep_their_place_after_the_sidecar
     );
     assert_eq!(out["spec"]["containers"][0]["volumeMounts"], json!([{"name": "data", "mountPath": "/data"}]));
     assert!(out["spec"]["initContainers"][1].get("volumeMounts").is_none());
+}
+
+/// With per-node credentials, each Node's sidecars get that Node's own Secret, and nothing else.
+#[tokio::test]
+async fn per_node_credentials_mount_the_nodes_own_secret_into_the_sidecar_only() {
+    let cfg = InjectConfig { creds: CredsSource::PerNode, ..InjectConfig::default() };
+    for node in ["inventory", "billing"] {
+        let p = pod(json!({"causeway.dev/node": node}), app());
+        let (_, patch) = answer(&cfg, &review_of(&p, "CREATE")).await;
+        let out = apply_patch(&p, &patch.unwrap());
+        assert_eq!(
+            out["spec"]["volumes"],
+            json!([{"name": CREDS_VOLUME, "secret": {"secretName": format!("causeway-node-{node}"), "defaultMode": 0o444}}])
+        );
+        let sidecar = &out["spec"]["initContainers"][0];
+        assert!(
+            sidecar["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "CAUSEWAY_NATS_CREDS", "value": format!("{CREDS_DIR}/nats.creds")})),
+            "{sidecar}"
+        );
+        assert_eq!(sidecar["volumeMounts"], json!([{"name": CREDS_VOLUME, "mountPath": CREDS_DIR, "readOnly": true}]));
+        assert!(
+            sidecar["volumeMounts"][0].get("subPath").is_none(),
+            "a subPath mount would never see a renewed credential"
+        );
+        assert!(out["spec"]["containers"][0].get("volumeMounts").is_none(), "never into the app");
+    }
 }
 
 #[tokio::test]

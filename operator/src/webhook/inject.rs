@@ -50,8 +50,8 @@ pub struct InjectConfig {
     pub image_pull_policy: Option<String>,
     /// NATS URL(s) the sidecar connects to.
     pub nats_url: String,
-    /// A Secret in the pod's namespace with the NATS credentials under key `creds`.
-    pub creds_secret: Option<String>,
+    /// Where the sidecar's NATS credential comes from.
+    pub creds: CredsSource,
     /// The API port on 127.0.0.1.
     pub port: u16,
     /// The probes-and-metrics port on the pod's address.
@@ -72,11 +72,38 @@ impl Default for InjectConfig {
             image: "ghcr.io/causeway-dev/causeway:0.1.0".into(),
             image_pull_policy: None,
             nats_url: "nats://nats:4222".into(),
-            creds_secret: None,
+            creds: CredsSource::None,
             port: 4480,
             health_port: 4479,
             resources,
             log: None,
+        }
+    }
+}
+
+/// Where an injected sidecar's NATS credential comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CredsSource {
+    /// None (a NATS without authentication).
+    #[default]
+    None,
+    /// One Secret shared by every sidecar, in the pod's namespace, with the credential under key
+    /// `creds`. Node isolation is then not enforced by NATS.
+    Shared(String),
+    /// The Node's own Secret (`causeway-node-<node>`, key `nats.creds`) that the operator issues.
+    PerNode,
+}
+
+impl CredsSource {
+    /// The Secret and the file in it, for the sidecar of `node`.
+    fn secret(&self, node: &str) -> Option<(String, &'static str)> {
+        match self {
+            CredsSource::None => None,
+            CredsSource::Shared(s) => Some((s.clone(), "creds")),
+            CredsSource::PerNode => {
+                let node = causeway_api::DnsLabel::new(node).ok()?;
+                Some((causeway_api::naming::node_secret(&node), causeway_api::naming::NODE_CREDS_KEY))
+            }
         }
     }
 }
@@ -168,8 +195,9 @@ pub fn decide(cfg: &InjectConfig, namespace: &str, operation: &str, pod: &Value)
         Some(_) => ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": container})),
         None => ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [container]})),
     }
-    if let Some(secret) = &cfg.creds_secret {
-        let volume = json!({"name": CREDS_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o440}});
+    if let Some((secret, _)) = cfg.creds.secret(&node) {
+        // Readable by the sidecar's non-root user (the volume is mounted into the sidecar only).
+        let volume = json!({"name": CREDS_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o444}});
         match pod.pointer("/spec/volumes").and_then(Value::as_array) {
             Some(_) => ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume})),
             None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]})),
@@ -199,8 +227,9 @@ fn sidecar(
     if let Some(p) = app_port {
         envs.push(env("CAUSEWAY_APP_PORT", p.to_string()));
     }
-    if cfg.creds_secret.is_some() {
-        envs.push(env("CAUSEWAY_NATS_CREDS", format!("{CREDS_DIR}/creds")));
+    let creds = cfg.creds.secret(node);
+    if let Some((_, file)) = &creds {
+        envs.push(env("CAUSEWAY_NATS_CREDS", format!("{CREDS_DIR}/{file}")));
     }
     if let Some(l) = &cfg.log {
         envs.push(env("CAUSEWAY_LOG", l.clone()));
@@ -236,7 +265,9 @@ fn sidecar(
     if let Some(p) = &cfg.image_pull_policy {
         c["imagePullPolicy"] = json!(p);
     }
-    if cfg.creds_secret.is_some() {
+    if creds.is_some() {
+        // A whole-volume mount, never subPath: the kubelet then updates the file when the
+        // operator renews the credential, and the sidecar reconnects with it.
         c["volumeMounts"] = json!([{"name": CREDS_VOLUME, "mountPath": CREDS_DIR, "readOnly": true}]);
     }
     c
