@@ -128,6 +128,37 @@ pub struct NodeRecord {
     pub app: AppSpec,
     /// The spec it was resolved from.
     pub spec: NodeSpec,
+    /// How this node's sidecars authenticate to NATS, as the writer of this record knows it.
+    #[serde(default, skip_serializing_if = "NodeCredentials::is_shared")]
+    pub credentials: NodeCredentials,
+}
+
+/// How a node's sidecars authenticate to NATS.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum NodeCredentials {
+    /// One credential shared by every sidecar (or none): node isolation is enforced by the
+    /// sidecars only, not by NATS.
+    #[default]
+    Shared,
+    /// Its own credential, issued by the operator or `causeway apply`, holding exactly its rights:
+    /// NATS enforces node isolation.
+    Node,
+}
+
+impl NodeCredentials {
+    /// True for [`NodeCredentials::Shared`].
+    pub fn is_shared(&self) -> bool {
+        *self == Self::Shared
+    }
+
+    /// What this means for node isolation, in one line.
+    pub fn isolation(&self) -> &'static str {
+        match self {
+            Self::Shared => "not enforced by NATS: sidecars share one credential (the sidecars enforce the policy)",
+            Self::Node => "enforced by NATS: the node has its own credential",
+        }
+    }
 }
 
 impl NodeRecord {
@@ -142,6 +173,7 @@ impl NodeRecord {
             blob_bucket: naming::blob_bucket(ns),
             app: spec.app.clone(),
             spec: spec.clone(),
+            credentials: NodeCredentials::Shared,
             meta,
         }
     }

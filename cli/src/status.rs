@@ -71,7 +71,12 @@ Output:
              globalBucket | stream, consumer}, figures {events, bytes, firstSequence,
              lastSequence, consumers, maxConsumers | numPending, numAckPending, redelivered},
              and manager, generation (NATS) or generation, observedGeneration,
-             creationTimestamp, age (Kubernetes). Unknown values are null.
+             creationTimestamp, age (Kubernetes); Nodes also carry credentials (node|shared)
+             and isolationEnforcedByNats. Unknown values are null.
+
+Node isolation: the table is followed by a line saying whether NATS enforces it (each node has
+its own credential) or not (the sidecars share one credential and only they enforce the
+Node's spec.access).
 
 Reasons besides the reconcile's own (Reconciled, SourceNotFound, ImmutableFieldChanged, ...):
   Missing      NATS: the stream or consumer is gone (deleted outside Causeway)
@@ -235,6 +240,8 @@ struct Item {
     observed_generation: Option<i64>,
     /// Kubernetes: creationTimestamp (RFC 3339) and its age in seconds.
     created: Option<(String, i64)>,
+    /// Nodes: whether the node has a credential of its own, so that NATS enforces its isolation.
+    own_credentials: Option<bool>,
 }
 
 impl Item {
@@ -251,6 +258,10 @@ impl Item {
         m.insert("jetstream".into(), Value::Object(self.jetstream.clone()));
         m.insert("figures".into(), Value::Object(self.figures.clone()));
         m.insert("generation".into(), json!(self.generation));
+        if let Some(own) = self.own_credentials {
+            m.insert("credentials".into(), json!(if own { "node" } else { "shared" }));
+            m.insert("isolationEnforcedByNats".into(), json!(own));
+        }
         if kube {
             m.insert("observedGeneration".into(), json!(self.observed_generation));
             m.insert("creationTimestamp".into(), json!(self.created.as_ref().map(|c| &c.0)));
@@ -314,10 +325,36 @@ pub async fn run(a: StatusArgs) -> ExitCode {
         eprintln!("error: {m}");
     }
     let not_ready = items.iter().filter(|i| !i.ready).count();
-    if not_ready > 0 && matches!(a.output, None | Some(Output::Wide)) {
-        eprintln!("{not_ready} of {} object(s) not ready", items.len());
+    if matches!(a.output, None | Some(Output::Wide)) {
+        if let Some(note) = isolation_note(&items) {
+            eprintln!("{note}");
+        }
+        if not_ready > 0 {
+            eprintln!("{not_ready} of {} object(s) not ready", items.len());
+        }
     }
     if not_ready == 0 && missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_READY) }
+}
+
+/// One line on node isolation for the nodes shown: who enforces it.
+fn isolation_note(items: &[Item]) -> Option<String> {
+    let nodes: Vec<&Item> = items.iter().filter(|i| i.own_credentials.is_some()).collect();
+    if nodes.is_empty() {
+        return None;
+    }
+    let shared: Vec<String> = nodes
+        .iter()
+        .filter(|i| i.own_credentials == Some(false))
+        .map(|i| format!("{}/{}", i.namespace, i.name))
+        .collect();
+    Some(if shared.is_empty() {
+        "node isolation: enforced by NATS (every node shown has a credential of its own)".into()
+    } else {
+        format!(
+            "node isolation: NOT enforced by NATS for {}: their sidecars share one NATS credential, so only the sidecars enforce spec.access (issue per-node credentials: see docs/security.md)",
+            shared.join(", ")
+        )
+    })
 }
 
 /// Why the command could not look: the message, and the exit code.
@@ -537,6 +574,10 @@ async fn record_item(reconciler: &Reconciler, r: Record) -> Item {
         generation: meta.generation,
         observed_generation: None,
         created: None,
+        own_credentials: match &r {
+            Record::Node(n) => Some(!n.credentials.is_shared()),
+            _ => None,
+        },
     }
 }
 
@@ -691,6 +732,7 @@ fn kube_item(kind: Kind, o: &DynamicObject, now: i64) -> Item {
         generation,
         observed_generation: observed,
         created,
+        own_credentials: (kind == Kind::Node).then(|| field("credentials").is_some_and(|c| c.get("secret").is_some())),
     }
 }
 

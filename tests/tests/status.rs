@@ -116,6 +116,11 @@ async fn nats_shows_every_object_ready_with_figures_and_its_manager() {
 
     let r = status(&server, &[]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("node isolation: NOT enforced by NATS for shop/inventory, shop/orders, shop/shipping"),
+        "the gap is stated plainly: {}",
+        r.stderr
+    );
     let lines: Vec<&str> = r.stdout.lines().collect();
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(header, ["NAMESPACE", "KIND/NAME", "READY", "REASON", "TARGET", "EVENTS", "PENDING", "MANAGER"]);
@@ -300,6 +305,9 @@ async fn json_and_yaml_carry_the_documented_fields() {
             "status",
             "target",
         ];
+        if i["kind"] == "Node" {
+            want.extend(["credentials", "isolationEnforcedByNats"]);
+        }
         want.sort();
         let mut keys = keys.clone();
         keys.sort();
@@ -324,6 +332,11 @@ async fn json_and_yaml_carry_the_documented_fields() {
                "stateBucket": "CW_ST_shop_inventory", "globalBucket": "CW_GL_shop"})
     );
     assert_eq!(node["target"], "CW_IN_shop_inventory");
+    assert_eq!(
+        (&node["credentials"], &node["isolationEnforcedByNats"]),
+        (&json!("shared"), &json!(false)),
+        "applied without issuing credentials"
+    );
     let fig: Vec<&String> = node["figures"].as_object().unwrap().keys().collect();
     assert_eq!(fig, ["bytes", "consumers", "events", "lastSequence", "maxConsumers"]);
     let l = item(&items, "Listener", "ship-order");

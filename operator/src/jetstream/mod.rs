@@ -258,6 +258,7 @@ pub struct Reconciler {
     js: jetstream::Context,
     manager: &'static str,
     registry_replicas: usize,
+    node_credentials: causeway_api::registry::NodeCredentials,
     /// Shared buckets (registry, global KVs) known to exist, and when that was last checked:
     /// they are re-checked at most every [`SHARED_RECHECK`], not once per object.
     shared: Arc<Mutex<HashMap<String, Instant>>>,
@@ -275,6 +276,7 @@ impl Reconciler {
             js: jetstream::new(client),
             manager,
             registry_replicas: 1,
+            node_credentials: Default::default(),
             shared: Default::default(),
             registry_kv: Default::default(),
         }
@@ -283,6 +285,17 @@ impl Reconciler {
     /// Replicas of the registry and global buckets when they are created (default 1).
     pub fn with_registry_replicas(mut self, n: usize) -> Self {
         self.registry_replicas = n;
+        self
+    }
+
+    /// Records that Nodes get credentials of their own (the caller issues them), so `causeway
+    /// status` can say whether NATS enforces node isolation.
+    pub fn with_node_credentials(mut self, issued: bool) -> Self {
+        self.node_credentials = if issued {
+            causeway_api::registry::NodeCredentials::Node
+        } else {
+            causeway_api::registry::NodeCredentials::Shared
+        };
         self
     }
 
@@ -327,7 +340,8 @@ impl Reconciler {
                 (Record::EventStore(rec), streams, None)
             }
             Spec::Node(spec) => {
-                let rec = NodeRecord::resolve(obj.meta.clone(), spec);
+                let mut rec = NodeRecord::resolve(obj.meta.clone(), spec);
+                rec.credentials = self.node_credentials;
                 let streams = vec![
                     desired::global_kv(ns, self.registry_replicas),
                     desired::inbox_stream(&rec),
