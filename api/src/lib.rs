@@ -8,7 +8,8 @@
 //! - [`causal`]: causal context and the Lamport clock;
 //! - [`check`]: rules relating two spec fields;
 //! - [`registry`]: the resolved records sidecars read from `CW_REGISTRY`;
-//! - [`creds`]: the NATS `.creds` file and the claims of a user JWT.
+//! - [`creds`]: the NATS `.creds` file and the claims of a user JWT;
+//! - [`grants`]: what a Node's NATS credential may publish and subscribe to.
 //!
 //! Pure: no I/O.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod check;
 pub mod crd;
 pub mod creds;
 pub mod envelope;
+pub mod grants;
 pub mod names;
 pub mod naming;
 pub mod quantity;

@@ -9,6 +9,11 @@
 //! | namespace `ns` | object store for large payloads | `CW_BLOB_<ns>` | |
 //! | Listener `ns/l` | durable consumer | `cw_<ns>_<l>` | |
 //! | cluster | registry KV bucket | `CW_REGISTRY` | key `<ns>.<kind>.<name>` |
+//! | KV bucket `b` | stream | `KV_<b>` | `$KV.<b>.>` |
+//! | object store `b` | stream | `OBJ_<b>` | `$O.<b>.>` |
+//!
+//! The JetStream API subjects a node's credential is granted (see `grants`) are here too, so a
+//! permission and the request it permits are spelled by the same function.
 //!
 //! Every argument is a [`DnsLabel`], so no name can carry `.`, `*`, `>`, `_` or whitespace:
 //! `_` separates the parts of a name unambiguously and `.` separates subject tokens.
@@ -33,7 +38,71 @@ pub fn registry_changes_filter(ns: &DnsLabel) -> String {
 
 /// The KV subject of a registry key (`$KV.CW_REGISTRY.<key>`).
 pub fn registry_kv_subject(key: &str) -> String {
-    format!("$KV.{REGISTRY_BUCKET}.{key}")
+    join_subject(&kv_subject_prefix(REGISTRY_BUCKET), key)
+}
+
+/// The stream behind KV bucket `b`: `KV_<b>`, as every NATS KV client expects it.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The subject prefix of KV bucket `b`: `$KV.<b>`; key `k` lives at `$KV.<b>.<k>`.
+pub fn kv_subject_prefix(bucket: &str) -> String {
+    format!("$KV.{bucket}")
+}
+
+/// The stream behind object store `b`: `OBJ_<b>`, as every NATS object-store client expects it.
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
+/// The subject prefix of object store `b`: `$O.<b>` (chunks under `.C.`, metadata under `.M.`).
+pub fn object_subject_prefix(bucket: &str) -> String {
+    format!("$O.{bucket}")
+}
+
+/// The JetStream API's subject prefix (default domain).
+pub const JS_API_PREFIX: &str = "$JS.API";
+
+/// Direct get on stream `s` (request body `{"seq"|"last_by_subj"|"next_by_subj": …}`):
+/// `$JS.API.DIRECT.GET.<s>`. The form with the subject in the request subject
+/// (`….<s>.<subject>`) is a different subject, not covered by a grant of this one.
+pub fn js_direct_get(stream: &str) -> String {
+    format!("{JS_API_PREFIX}.DIRECT.GET.{stream}")
+}
+
+/// Stream info of `s`: `$JS.API.STREAM.INFO.<s>` (what NATS clients call to open a stream or
+/// bucket).
+pub fn js_stream_info(stream: &str) -> String {
+    format!("{JS_API_PREFIX}.STREAM.INFO.{stream}")
+}
+
+/// Stream message get on `s`, answered by the stream's leader:
+/// `$JS.API.STREAM.MSG.GET.<s>` (where a read must see everything the leader has stored).
+pub fn js_stream_msg_get(stream: &str) -> String {
+    format!("{JS_API_PREFIX}.STREAM.MSG.GET.{stream}")
+}
+
+/// Purge of `s` (optionally by subject filter): `$JS.API.STREAM.PURGE.<s>`.
+pub fn js_stream_purge(stream: &str) -> String {
+    format!("{JS_API_PREFIX}.STREAM.PURGE.{stream}")
+}
+
+/// Consumer info of durable `c` on stream `s`: `$JS.API.CONSUMER.INFO.<s>.<c>`.
+pub fn js_consumer_info(stream: &str, consumer: &str) -> String {
+    format!("{JS_API_PREFIX}.CONSUMER.INFO.{stream}.{consumer}")
+}
+
+/// Pull request (fetch) on durable `c` of stream `s`: `$JS.API.CONSUMER.MSG.NEXT.<s>.<c>`.
+pub fn js_consumer_next(stream: &str, consumer: &str) -> String {
+    format!("{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+}
+
+/// Prefix of the reply subjects of messages delivered by consumer `c` of stream `s`, where
+/// acks, naks and terms are published: `$JS.ACK.<s>.<c>` (the server appends delivery
+/// counters and sequences).
+pub fn js_ack_prefix(stream: &str, consumer: &str) -> String {
+    format!("$JS.ACK.{stream}.{consumer}")
 }
 
 /// The three kinds of Causeway object.
@@ -93,6 +162,16 @@ pub fn store_stream(ns: &DnsLabel, store: &DnsLabel) -> String {
 
 /// Subject prefix of EventStore `ns/x`: `cw.<ns>.es.<x>`. Events live at `<prefix>.<subject>`.
 pub fn store_subject_prefix(ns: &DnsLabel, store: &DnsLabel) -> String {
+    store_subject_prefix_of(ns, store.as_str())
+}
+
+/// Like [`store_subject_prefix`] for every store of namespace `ns`: `cw.<ns>.es.*` (a
+/// permission pattern).
+pub fn store_subject_prefix_any(ns: &DnsLabel) -> String {
+    store_subject_prefix_of(ns, "*")
+}
+
+fn store_subject_prefix_of(ns: &DnsLabel, store: &str) -> String {
     format!("cw.{ns}.es.{store}")
 }
 
@@ -116,6 +195,16 @@ pub fn inbox_to_prefix(ns: &DnsLabel, node: &DnsLabel) -> String {
 /// The prefix a sender `sns/sn` publishes under into node `ns/n`'s inbox:
 /// `cw.<ns>.to.<n>.<sns>.<sn>`; the event type follows.
 pub fn inbox_send_prefix(ns: &DnsLabel, node: &DnsLabel, sender_ns: &str, sender: &str) -> String {
+    inbox_send_prefix_to(ns, node.as_str(), sender_ns, sender)
+}
+
+/// Like [`inbox_send_prefix`] for every node of namespace `ns`: `cw.<ns>.to.*.<sns>.<sn>`
+/// (a permission pattern: `*` is one whole token).
+pub fn inbox_send_prefix_any(ns: &DnsLabel, sender_ns: &str, sender: &str) -> String {
+    inbox_send_prefix_to(ns, "*", sender_ns, sender)
+}
+
+fn inbox_send_prefix_to(ns: &DnsLabel, node: &str, sender_ns: &str, sender: &str) -> String {
     format!("cw.{ns}.to.{node}.{sender_ns}.{sender}")
 }
 
@@ -147,6 +236,16 @@ pub fn inbox_stream_subjects(ns: &DnsLabel, node: &DnsLabel) -> [String; 2] {
 /// Where a store's stored events are announced, headers only, for live streams:
 /// `cw.<ns>.live.<x>`; an event stored at `cw.<ns>.es.<x>.S` is announced at `<prefix>.S`.
 pub fn store_live_prefix(ns: &DnsLabel, store: &DnsLabel) -> String {
+    store_live_prefix_of(ns, store.as_str())
+}
+
+/// Like [`store_live_prefix`] for every store of namespace `ns`: `cw.<ns>.live.*` (a
+/// permission pattern).
+pub fn store_live_prefix_any(ns: &DnsLabel) -> String {
+    store_live_prefix_of(ns, "*")
+}
+
+fn store_live_prefix_of(ns: &DnsLabel, store: &str) -> String {
     format!("cw.{ns}.live.{store}")
 }
 
@@ -242,6 +341,22 @@ mod tests {
     }
 
     #[test]
+    fn jetstream_api_subjects() {
+        assert_eq!(kv_stream("CW_GL_shop"), "KV_CW_GL_shop");
+        assert_eq!(kv_subject_prefix("CW_GL_shop"), "$KV.CW_GL_shop");
+        assert_eq!(registry_kv_subject("shop.node.a"), "$KV.CW_REGISTRY.shop.node.a");
+        assert_eq!(object_stream("CW_BLOB_shop"), "OBJ_CW_BLOB_shop");
+        assert_eq!(object_subject_prefix("CW_BLOB_shop"), "$O.CW_BLOB_shop");
+        assert_eq!(js_direct_get("S"), "$JS.API.DIRECT.GET.S");
+        assert_eq!(js_stream_info("S"), "$JS.API.STREAM.INFO.S");
+        assert_eq!(js_stream_msg_get("S"), "$JS.API.STREAM.MSG.GET.S");
+        assert_eq!(js_stream_purge("S"), "$JS.API.STREAM.PURGE.S");
+        assert_eq!(js_consumer_info("S", "c"), "$JS.API.CONSUMER.INFO.S.c");
+        assert_eq!(js_consumer_next("S", "c"), "$JS.API.CONSUMER.MSG.NEXT.S.c");
+        assert_eq!(js_ack_prefix("S", "c"), "$JS.ACK.S.c");
+    }
+
+    #[test]
     fn inbox_subjects_carry_the_sender() {
         let (ns, n) = (l("shop"), l("inventory"));
         assert_eq!(inbox_to_prefix(&ns, &n), "cw.shop.to.inventory");
@@ -259,6 +374,9 @@ mod tests {
         );
         assert_eq!(store_live_prefix(&ns, &l("orders")), "cw.shop.live.orders");
         assert_eq!(reply_inbox_prefix(&ns, &n), "_INBOX.shop.inventory");
+        assert_eq!(inbox_send_prefix_any(&ns, "shop", "orders"), "cw.shop.to.*.shop.orders");
+        assert_eq!(store_subject_prefix_any(&ns), "cw.shop.es.*");
+        assert_eq!(store_live_prefix_any(&ns), "cw.shop.live.*");
         assert_eq!(node_secret(&n), "causeway-node-inventory");
     }
 }
