@@ -5,10 +5,15 @@
 //! # async fn t() {
 //! let server = causeway_tests::NatsServer::start();
 //! let client = server.client().await;
+//! // In JWT mode, with per-node credentials (`client()` connects as the account's admin):
+//! let secure = causeway_tests::NatsServer::start_secure();
+//! let admin = secure.client().await;
 //! # }
 //! ```
 #![forbid(unsafe_code)]
 
+use causeway_api::grants::Grants;
+use causeway_operator::identity::{Credential, DevTrust};
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
@@ -94,6 +99,7 @@ fn nanos() -> u128 {
 pub struct NatsServer {
     child: Option<Child>,
     dir: TempDir,
+    trust: Option<DevTrust>,
     /// Client URL, `nats://127.0.0.1:PORT`.
     pub url: String,
     /// Client port.
@@ -117,9 +123,30 @@ impl NatsServer {
         Self::spawn("n1".into(), dir, 0, None)
     }
 
+    /// A single server in JWT mode (decentralized auth, memory resolver) trusting a
+    /// [`DevTrust`] generated into its directory: every connection needs a user credential of
+    /// the trust's account. [`NatsServer::client`] connects with an unrestricted one, so every
+    /// helper that takes `server.client()` works unchanged; [`NatsServer::issue`] and
+    /// [`NatsServer::write_creds`] give restricted ones.
+    pub fn start_secure() -> Self {
+        Self::start_secure_with("")
+    }
+
+    /// Like [`NatsServer::start_secure`], with `extra` configuration lines after the trust's
+    /// (a later setting overrides an earlier one).
+    pub fn start_secure_with(extra: &str) -> Self {
+        let dir = TempDir::new("cw-nats");
+        let trust = DevTrust::load_or_create(&dir.path().join(TRUST_DIR)).expect("create the dev trust");
+        std::fs::write(dir.path().join("extra.conf"), format!("{}{extra}", trust.server_config())).expect("write conf");
+        Self::spawn("n1".into(), dir, 0, None)
+    }
+
     fn spawn(name: String, dir: TempDir, port: u16, cluster: Option<(u16, Vec<u16>)>) -> Self {
         let store = dir.path().join("js");
         let extra = std::fs::read_to_string(dir.path().join("extra.conf")).unwrap_or_default();
+        // A secure server keeps its trust in its directory, so a restart trusts the same keys.
+        let trust_dir = dir.path().join(TRUST_DIR);
+        let trust = trust_dir.exists().then(|| DevTrust::load_or_create(&trust_dir).expect("read the dev trust"));
         let mut conf = format!(
             "server_name: {name}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n{extra}",
             store.display()
@@ -162,7 +189,7 @@ impl NatsServer {
         let url = ports["nats"][0].as_str().expect("nats url").to_string();
         let monitor = ports["monitoring"][0].as_str().expect("monitoring url").to_string();
         let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-        let s = Self { child: Some(child), dir, url, port, monitor, name, cluster };
+        let s = Self { child: Some(child), dir, trust, url, port, monitor, name, cluster };
         if s.cluster.is_none() {
             s.wait_healthy(Duration::from_secs(20));
         }
@@ -187,9 +214,38 @@ impl NatsServer {
         serde_json::from_str(&body).expect("monitoring JSON")
     }
 
-    /// A connected client.
+    /// A connected client; on a secure server, as an unrestricted user of the account.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url).await.expect("connect to nats-server")
+        match &self.trust {
+            None => async_nats::connect(&self.url).await.expect("connect to nats-server"),
+            Some(t) => async_nats::ConnectOptions::with_credentials(&t.admin_creds())
+                .expect("admin creds parse")
+                .connect(&self.url)
+                .await
+                .expect("connect to nats-server as admin"),
+        }
+    }
+
+    /// The trust a secure server ([`NatsServer::start_secure`]) runs with; `None` otherwise.
+    pub fn trust(&self) -> Option<&DevTrust> {
+        self.trust.as_ref()
+    }
+
+    /// A credential of the secure server's account named `name` with exactly `grants`, valid
+    /// for `ttl`. Panics on a server without trust.
+    pub fn issue(&self, name: &str, grants: &Grants, ttl: Duration) -> Credential {
+        self.trust.as_ref().expect("a secure server (start_secure)").issuer().issue(name, grants, ttl)
+    }
+
+    /// Writes a `.creds` file for `grants` (valid for an hour) into the server's directory and
+    /// returns its path, for binaries that take a credentials file.
+    pub fn write_creds(&self, name: &str, grants: &Grants) -> PathBuf {
+        let c = self.issue(name, grants, Duration::from_secs(3600));
+        let file =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>();
+        let p = self.dir.path().join(format!("{file}-{}.creds", nanos()));
+        std::fs::write(&p, c.creds).expect("write creds");
+        p
     }
 
     /// Stops the server with SIGKILL (a crash) and waits for it.
@@ -245,6 +301,9 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// Where a secure server keeps its [`DevTrust`], inside its directory.
+const TRUST_DIR: &str = "trust";
 
 /// A 3-node nats-server cluster on loopback.
 #[derive(Debug)]
