@@ -16,7 +16,8 @@
 //! - the MutatingWebhookConfiguration, the Deployment's hardening, probes and flags; every
 //!   flag and variable the chart sets is one `causeway operator --help` lists;
 //! - the Dockerfile's structure (no Docker engine here to build it);
-//! - deploy/nats-values.yaml turns on JetStream file storage with `sync_interval: always`.
+//! - deploy/nats-values.yaml turns on JetStream file storage with `sync_interval: always`, and
+//!   raises `max_control_line` for node credentials.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -991,6 +992,9 @@ fn nats_values_turn_on_durable_jetstream_for_the_official_chart() {
     assert!(js["fileStore"]["pvc"]["size"].as_str().is_some());
     assert_eq!(js["merge"]["sync_interval"].as_str(), Some("always"), "config.jetstream.merge.sync_interval: always");
     assert_eq!(v["config"]["cluster"]["replicas"].as_i64(), Some(3), "the 3-server cluster option");
+    // Node credentials name every readable store in the JWT of the CONNECT line
+    // (docs/security.md, "How large a credential gets").
+    assert!(v["config"]["merge"]["max_control_line"].as_i64() >= Some(65536), "config.merge.max_control_line");
     assert!(v["config"]["cluster"]["enabled"].as_bool().is_some());
     assert!(text.contains("https://nats-io.github.io/k8s/helm/charts/"), "says where the chart comes from");
 }
