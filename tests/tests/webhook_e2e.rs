@@ -152,7 +152,7 @@ async fn the_operator_keeps_the_ca_bundle_and_answers_reviews_over_tls() {
     assert!(c["env"].as_array().unwrap().contains(&json!({"name": "CAUSEWAY_APP_PORT", "value": "8080"})));
     assert_eq!(
         patch[1]["value"],
-        json!([{"name": "causeway-nats-creds", "secret": {"secretName": "nats-creds", "defaultMode": 0o440}}])
+        json!([{"name": "causeway-nats-creds", "secret": {"secretName": "nats-creds", "defaultMode": 0o444}}])
     );
 
     // Once the Node exists, no warning.
