@@ -542,6 +542,24 @@ pub struct NodeStatus {
     /// Most consumers it may hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_consumers: Option<i64>,
+    /// The node's own NATS credential, when the operator issues one (absent: its sidecars share
+    /// one credential, and NATS does not enforce node isolation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<NodeCredentialsStatus>,
+}
+
+/// The NATS credential the operator issued a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCredentialsStatus {
+    /// The Secret in the node's namespace that holds it (key nats.creds).
+    pub secret: String,
+    /// The NATS user (public nkey) it authenticates as.
+    pub user: String,
+    /// When it was issued (RFC 3339).
+    pub issued_at: String,
+    /// When NATS stops accepting it (RFC 3339); it is issued again before.
+    pub expires_at: String,
 }
 
 // ---------------------------------------------------------------------------------------------

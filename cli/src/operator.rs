@@ -58,6 +58,17 @@ pub struct OperatorArgs {
     /// Replicas of the shared buckets (registry, global KV, blob store) when first created.
     #[arg(long, env = "CAUSEWAY_REGISTRY_REPLICAS", default_value_t = 1)]
     pub registry_replicas: usize,
+    /// Seed file (SA…) of the NATS account, or of one of its signing keys: the operator then
+    /// issues every Node its own credential (Secret causeway-node-<node>; see docs/security.md).
+    #[arg(long, env = "CAUSEWAY_NATS_ACCOUNT_KEY", value_name = "FILE")]
+    pub nats_account_key: Option<PathBuf>,
+    /// The account's public key (A…), when --nats-account-key holds a signing key.
+    #[arg(long, env = "CAUSEWAY_NATS_ACCOUNT", value_name = "ID")]
+    pub nats_account: Option<String>,
+    /// Lifetime of a Node's credential; it is issued again when half of it is left, and a
+    /// deleted Node's credential stops working when it expires.
+    #[arg(long, env = "CAUSEWAY_CREDENTIALS_TTL", default_value = "1h")]
+    pub credentials_ttl: Duration,
     #[command(flatten)]
     pub webhook: WebhookArgs,
 }
@@ -191,7 +202,27 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
         return ExitCode::from(EXIT_INVALID);
     }
     let namespace = a.lease_namespace.clone().unwrap_or_else(|| "default".into());
-    let webhook = match a.webhook.config(&a.nats.url, &namespace, false) {
+    let node_identity = match &a.nats_account_key {
+        None if a.nats_account.is_some() => {
+            eprintln!("error: --nats-account needs --nats-account-key");
+            return ExitCode::from(EXIT_INVALID);
+        }
+        None => None,
+        Some(path) => {
+            if a.credentials_ttl.get() < std::time::Duration::from_secs(60) {
+                eprintln!("error: --credentials-ttl must be at least 1m");
+                return ExitCode::from(EXIT_INVALID);
+            }
+            match causeway_operator::identity::Issuer::from_seed_file(path, a.nats_account.as_deref()) {
+                Ok(issuer) => Some(controller::credentials::Identity { issuer, ttl: a.credentials_ttl.get() }),
+                Err(e) => {
+                    eprintln!("error: --nats-account-key {}: {e}", path.display());
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            }
+        }
+    };
+    let webhook = match a.webhook.config(&a.nats.url, &namespace, node_identity.is_some()) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: {e}");
@@ -240,6 +271,7 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
         }),
         registry_replicas: a.registry_replicas,
         instance: Some(identity.clone()),
+        identity: node_identity,
     };
     let metrics = Arc::new(Metrics::default());
     let health = Health::new(metrics, nats.clone(), "starting");

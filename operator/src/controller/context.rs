@@ -22,6 +22,8 @@ pub const SKIP_CLEANUP_ANNOTATION: &str = "causeway.dev/skip-cleanup";
 pub const FIELD_MANAGER: &str = "causeway-operator";
 /// Reason of a `Ready=False` caused by a failing NATS call.
 pub const REASON_NATS_UNAVAILABLE: &str = "NatsUnavailable";
+/// Reason of a Node's `Ready=False` when its NATS credential cannot be issued.
+pub const REASON_CREDENTIALS_FAILED: &str = "CredentialsFailed";
 
 /// How the controllers behave.
 #[derive(Debug, Clone)]
@@ -68,6 +70,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Options.
     pub opts: Options,
+    /// Per-node NATS credentials, when the operator has an account key.
+    pub identity: Option<super::credentials::Identity>,
+    /// The controllers' caches, once they run (node credentials are computed from them).
+    pub caches: std::sync::OnceLock<super::Caches>,
     failures: Mutex<HashMap<String, u32>>,
     /// Cleanups that could not reach NATS and let their object go: the sweep retries them.
     deferred: Mutex<std::collections::BTreeSet<(Kind, String, String)>>,
@@ -77,7 +83,23 @@ impl Context {
     /// A context; events are reported as `reporter`.
     pub fn new(kube: kube::Client, core: Reconciler, reporter: Reporter, metrics: Arc<Metrics>, opts: Options) -> Self {
         let recorder = Recorder::new(kube.clone(), reporter);
-        Self { kube, core, recorder, metrics, opts, failures: Mutex::default(), deferred: Mutex::default() }
+        Self {
+            kube,
+            core,
+            recorder,
+            metrics,
+            opts,
+            identity: None,
+            caches: std::sync::OnceLock::new(),
+            failures: Mutex::default(),
+            deferred: Mutex::default(),
+        }
+    }
+
+    /// Issues node credentials with `identity`.
+    pub fn with_identity(mut self, identity: Option<super::credentials::Identity>) -> Self {
+        self.identity = identity;
+        self
     }
 
     /// The next backoff for `key` after another failure: 1 s, 2 s, 4 s, … up to `max_backoff`.
@@ -126,6 +148,9 @@ pub enum Error {
     /// A `Delete` object could not be cleaned up; the finalizer stays.
     #[error("cleanup failed: {0}")]
     Cleanup(String),
+    /// A node's NATS credential could not be issued.
+    #[error("node credentials: {0}")]
+    Credentials(String),
     /// The finalizer helper failed.
     #[error(transparent)]
     Finalizer(#[from] Box<kube::runtime::finalizer::Error<Error>>),
@@ -138,6 +163,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Nats(_) => "nats",
             Error::Cleanup(_) => "cleanup",
+            Error::Credentials(_) => "credentials",
             Error::Finalizer(e) => match &**e {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.metric_label()

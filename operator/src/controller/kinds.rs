@@ -44,6 +44,10 @@ pub trait Managed:
         figures: &Figures,
         previous: Option<&serde_json::Value>,
     ) -> serde_json::Value;
+    /// The object as a Node, for the steps only Nodes have (their NATS credential).
+    fn as_node(&self) -> Option<&Node> {
+        None
+    }
 }
 
 /// The core's view of an object, or why it cannot have one (its name is not a DNS label, which
@@ -105,6 +109,9 @@ impl Managed for EventStore {
 
 impl Managed for Node {
     const KIND: Kind = Kind::Node;
+    fn as_node(&self) -> Option<&Node> {
+        Some(self)
+    }
     fn spec_of(&self) -> Spec {
         Spec::Node(self.spec.clone())
     }
@@ -135,6 +142,8 @@ impl Managed for Node {
             last_sequence: keep(f.last_sequence, "lastSequence"),
             consumers: keep(f.consumers, "consumers"),
             max_consumers: f.max_consumers.or_else(|| prev_figure(previous, "maxConsumers")),
+            // Filled in by the reconcile when the operator issues node credentials.
+            credentials: None,
         })
     }
 }

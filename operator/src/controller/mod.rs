@@ -10,6 +10,7 @@
 //! - [`leader`]: only the holder of a Lease reconciles.
 
 pub mod context;
+pub mod credentials;
 pub mod health;
 pub mod kinds;
 pub mod leader;
@@ -21,6 +22,7 @@ use std::{future::Future, sync::Arc};
 
 use causeway_api::crd::{EventStore, Listener, Node};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     runtime::{
@@ -82,14 +84,6 @@ impl Caches {
     }
 }
 
-fn apis<K: Managed>(client: &kube::Client, namespaces: &[String]) -> Vec<Api<K>> {
-    if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
-    }
-}
-
 fn config(opts: &Options) -> controller::Config {
     controller::Config::default().concurrency(opts.concurrency).debounce(opts.debounce)
 }
@@ -128,31 +122,36 @@ pub fn controllers(
     let wc = watcher::Config::default();
     let mut runs = Vec::new();
     let mut caches = Caches::default();
-    for api in apis::<EventStore>(&client, &ctx.opts.namespaces) {
-        let c = Controller::new(api, wc.clone()).with_config(config(&ctx.opts));
-        caches.stores.push(c.store());
-        runs.push(drive(c, ctx.clone(), shutdown.clone()));
-    }
-    for api in apis::<Node>(&client, &ctx.opts.namespaces) {
-        let c = Controller::new(api, wc.clone()).with_config(config(&ctx.opts));
-        caches.nodes.push(c.store());
-        runs.push(drive(c, ctx.clone(), shutdown.clone()));
-    }
     let scopes: Vec<Option<String>> = if ctx.opts.namespaces.is_empty() {
         vec![None]
     } else {
         ctx.opts.namespaces.iter().cloned().map(Some).collect()
     };
-    for scope in scopes {
-        let (lapi, napi, sapi): (Api<Listener>, Api<Node>, Api<EventStore>) = match &scope {
-            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-        };
-        let c = Controller::new(lapi, wc.clone()).with_config(config(&ctx.opts));
+    for scope in &scopes {
+        let c = Controller::new(scoped::<EventStore>(&client, scope), wc.clone()).with_config(config(&ctx.opts));
+        caches.stores.push(c.store());
+        runs.push(drive(c, ctx.clone(), shutdown.clone()));
+    }
+    for scope in &scopes {
+        let mut c = Controller::new(scoped::<Node>(&client, scope), wc.clone()).with_config(config(&ctx.opts));
+        caches.nodes.push(c.store());
+        if ctx.identity.is_some() {
+            // A node's credential holds the consumers of its listeners and the stores its
+            // policy reads: reissue it when they change, and restore its Secret if deleted.
+            let managed = format!("{}={}", credentials::MANAGED_BY.0, credentials::MANAGED_BY.1);
+            let nodes = c.store();
+            c = c
+                .owns(scoped::<Secret>(&client, scope), watcher::Config::default().labels(&managed))
+                .watches(scoped::<Listener>(&client, scope), wc.clone(), |l: Listener| credentials::node_of(&l))
+                .watches(scoped::<EventStore>(&client, scope), wc.clone(), move |s: EventStore| {
+                    credentials::nodes_covering(std::slice::from_ref(&nodes), &s)
+                });
+        }
+        runs.push(drive(c, ctx.clone(), shutdown.clone()));
+    }
+    for scope in &scopes {
+        let (napi, sapi) = (scoped::<Node>(&client, scope), scoped::<EventStore>(&client, scope));
+        let c = Controller::new(scoped::<Listener>(&client, scope), wc.clone()).with_config(config(&ctx.opts));
         let store = c.store();
         caches.listeners.push(store.clone());
         let by_node = store.clone();
@@ -173,7 +172,20 @@ pub fn controllers(
             });
         runs.push(drive(c, ctx.clone(), shutdown.clone()));
     }
+    let _ = ctx.caches.set(caches.clone());
     (runs, caches)
+}
+
+/// An Api over every namespace (`None`) or one.
+fn scoped<K>(client: &kube::Client, scope: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs the controllers and the sweep until `shutdown`; returns after in-flight reconciles are
@@ -203,6 +215,8 @@ pub struct Settings {
     pub registry_replicas: usize,
     /// Name of this replica in Events (its pod name).
     pub instance: Option<String>,
+    /// Per-node NATS credentials (None: sidecars share one credential).
+    pub identity: Option<credentials::Identity>,
 }
 
 /// Why `operate` stopped other than by a shutdown.
@@ -268,10 +282,14 @@ pub async fn operate(
     }
     health.set_not_ready(None);
     let core = crate::jetstream::Reconciler::new(nats.clone(), causeway_api::registry::MANAGER_OPERATOR)
-        .with_registry_replicas(settings.registry_replicas);
+        .with_registry_replicas(settings.registry_replicas)
+        .with_node_credentials(settings.identity.is_some());
     let reporter =
         kube::runtime::events::Reporter { controller: "causeway-operator".into(), instance: settings.instance.clone() };
-    let ctx = Arc::new(Context::new(kube.clone(), core, reporter, health.metrics.clone(), settings.opts.clone()));
+    let ctx = Arc::new(
+        Context::new(kube.clone(), core, reporter, health.metrics.clone(), settings.opts.clone())
+            .with_identity(settings.identity.clone()),
+    );
     let mut lease = match &settings.lease {
         None => None,
         Some(o) => Some(leader::Lease::new(kube.clone(), o).await.map_err(Stopped::Lease)?),

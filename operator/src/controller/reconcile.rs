@@ -27,7 +27,10 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    context::{Context, Error, FIELD_MANAGER, FINALIZER, REASON_NATS_UNAVAILABLE, SKIP_CLEANUP_ANNOTATION},
+    context::{
+        Context, Error, FIELD_MANAGER, FINALIZER, REASON_CREDENTIALS_FAILED, REASON_NATS_UNAVAILABLE,
+        SKIP_CLEANUP_ANNOTATION,
+    },
     kinds::{Managed, object_of},
 };
 use crate::jetstream::{self, Action as CoreAction, Figures, Mode, Readiness, reason};
@@ -133,9 +136,39 @@ async fn apply<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<A
             )
         }
     };
+    // A Node's own NATS credential, when the operator issues them: a Kubernetes matter, done
+    // whatever NATS said.
+    let (readiness, held, failure) = match node_credentials(ctx, &*obj, &object).await {
+        None => (readiness, None, failure),
+        Some(Ok(h)) => (readiness, Some(h), failure),
+        Some(Err(e)) => {
+            let msg = format!("cannot issue the node's NATS credential: {e}; retrying with backoff");
+            let r = Readiness { ready: false, reason: REASON_CREDENTIALS_FAILED, message: msg.clone() };
+            (r, None, failure.or(Some(msg)))
+        }
+    };
     let cond = ready_condition(was.as_ref(), &readiness, obj.meta().generation);
-    let status = obj.status(&ns, &name, cond.clone(), &figures, previous.as_ref());
+    let mut status = obj.status(&ns, &name, cond.clone(), &figures, previous.as_ref());
+    if ctx.identity.is_some() && K::KIND == causeway_api::Kind::Node {
+        let creds = match &held {
+            Some(h) => serde_json::to_value(&h.status).ok(),
+            None => previous.as_ref().and_then(|p| p.get("credentials")).cloned(),
+        };
+        if let (Some(c), Some(m)) = (creds, status.as_object_mut()) {
+            m.insert("credentials".into(), c);
+        }
+    }
     write_status(api, &*obj, previous.as_ref(), status).await?;
+    if let Some(h) = held.as_ref().filter(|h| h.issued.is_some()) {
+        let note = format!(
+            "{}: NATS user {} in Secret {}, expires {}",
+            h.issued.unwrap_or_default(),
+            h.status.user,
+            h.status.secret,
+            h.status.expires_at
+        );
+        publish(ctx, &*obj, EventType::Normal, "CredentialsIssued", "Issue", &note).await;
+    }
     if let Some(msg) = failure {
         if was.as_ref().is_none_or(|w| w.reason != REASON_NATS_UNAVAILABLE) {
             publish(ctx, &*obj, EventType::Warning, REASON_NATS_UNAVAILABLE, "Reconcile", &msg).await;
@@ -143,7 +176,26 @@ async fn apply<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<A
         return Err(Error::Nats(msg));
     }
     ctx.metrics.reconciled(kind, if cond.status == "True" { "ready" } else { "not_ready" }, started);
-    Ok(Action::requeue(ctx.opts.resync))
+    let next = held.map(|h| h.renew_in.max(std::time::Duration::from_secs(1))).unwrap_or(ctx.opts.resync);
+    Ok(Action::requeue(next.min(ctx.opts.resync)))
+}
+
+/// Issues (or keeps) a Node's NATS credential; `None` for other kinds, or when the operator
+/// issues none.
+async fn node_credentials<K: Managed>(
+    ctx: &Context,
+    obj: &K,
+    object: &jetstream::Object,
+) -> Option<Result<super::credentials::Held, Error>> {
+    let (id, node, jetstream::Spec::Node(spec)) = (ctx.identity.as_ref()?, obj.as_node()?, &object.spec) else {
+        return None;
+    };
+    let caches = ctx.caches.get()?;
+    // Grants computed from half-filled caches would be withdrawn a moment later.
+    caches.ready().await;
+    let rec = causeway_api::registry::NodeRecord::resolve(object.meta.clone(), spec);
+    let grants = super::credentials::grants_for(&rec, spec, caches);
+    Some(super::credentials::ensure(ctx, id, node, &grants).await)
 }
 
 /// A status without the resolved names (for an object whose name is invalid).
@@ -220,6 +272,13 @@ async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error
         // Never reconciled (its name is not valid): nothing in NATS to clean up.
         return Ok(Action::await_change());
     };
+    if ctx.identity.is_some()
+        && K::KIND == causeway_api::Kind::Node
+        && let Err(e) = super::credentials::remove(ctx, ns.as_str(), &name).await
+    {
+        // The Secret is owned by the Node, so Kubernetes collects it anyway.
+        tracing::warn!(object = %key_of(&*obj), error = %e, "could not delete the node's credential Secret");
+    }
     let policy = obj.deletion_policy();
     let done =
         tokio::time::timeout(ctx.opts.cleanup_timeout, ctx.core.cleanup(K::KIND, &ns, &name, policy, Mode::Apply))
