@@ -108,6 +108,14 @@ fn cases() -> Vec<Case> {
         },
         Case { name: "one-replica", values: "replicas: 1\n" },
         Case {
+            name: "node-credentials",
+            values: concat!(
+                "nats:\n  credentialsSecret:\n    name: causeway-nats\n    key: operator.creds\n",
+                "nodeCredentials:\n  accountKeySecret:\n    name: causeway-account\n    key: signing.nk\n",
+                "  account: ABJHLOVMPA4CI6R5KLNGOB4GSLNIY7IOUPAJC4YFNDLQVIOBYQGUWVLA\n  ttl: 30m\n",
+            ),
+        },
+        Case {
             name: "credentials",
             values: concat!(
                 "nats:\n  url: tls://nats-0.nats:4222,tls://nats-1.nats:4222\n",
@@ -997,4 +1005,33 @@ fn nats_values_turn_on_durable_jetstream_for_the_official_chart() {
     assert!(v["config"]["merge"]["max_control_line"].as_i64() >= Some(65536), "config.merge.max_control_line");
     assert!(v["config"]["cluster"]["enabled"].as_bool().is_some());
     assert!(text.contains("https://nats-io.github.io/k8s/helm/charts/"), "says where the chart comes from");
+}
+
+/// Per-node credentials: the account key is mounted into the operator only and passed as a flag,
+/// the operator may manage Secrets across namespaces (and only then), and the chart refuses a
+/// shared sidecar credential at the same time.
+#[test]
+fn node_credentials_wire_the_account_key_and_secret_access() {
+    let docs = render(case("node-credentials"));
+    assert_eq!(flag(&docs, "--nats-account-key").as_deref(), Some("/var/run/causeway/account/signing.nk"));
+    assert_eq!(flag(&docs, "--nats-account").as_deref(), Some("ABJHLOVMPA4CI6R5KLNGOB4GSLNIY7IOUPAJC4YFNDLQVIOBYQGUWVLA"));
+    assert_eq!(flag(&docs, "--credentials-ttl").as_deref(), Some("30m"));
+    assert_eq!(mounts(&docs).get("nats-account-key").map(String::as_str), Some("/var/run/causeway/account"));
+    assert_eq!(volume_secret(&docs, "nats-account-key").as_deref(), Some("causeway-account"));
+    let cluster = grants(&one(&docs, "ClusterRole")["rules"]);
+    for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+        assert!(has(&cluster, "", "secrets", verb), "ClusterRole lacks {verb} on secrets");
+    }
+    assert!(env_str(&docs, "CAUSEWAY_SIDECAR_CREDS_SECRET").is_none());
+    // Without it, no Secret access beyond the webhook's own (checked above for the default).
+    let plain = render(case("default"));
+    assert!(flag(&plain, "--nats-account-key").is_none());
+    let r = template_run(
+        "nodeCredentials:\n  accountKeySecret:\n    name: a\nsidecar:\n  credentialsSecret: shared\n",
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("exclude each other"), "{}", r.stderr);
+    let r = template_run("nodeCredentials:\n  account: not-a-key\n", &[]);
+    assert_ne!(r.code, 0, "the schema checks the account key");
 }

@@ -105,6 +105,9 @@ cert-manager nor a certificate brought by the user). Fails on contradictory valu
 {{- if and .Values.webhook.tls.caBundle (not .Values.webhook.tls.secretName) }}
 {{- fail "webhook.tls.caBundle needs webhook.tls.secretName: the kubernetes.io/tls Secret with the certificate" }}
 {{- end }}
+{{- if and .Values.nodeCredentials.accountKeySecret.name .Values.sidecar.credentialsSecret }}
+{{- fail "nodeCredentials.accountKeySecret (a credential per Node) and sidecar.credentialsSecret (one shared by every sidecar) exclude each other: choose one" }}
+{{- end }}
 {{- if not (or .Values.webhook.certManager.enabled .Values.webhook.tls.secretName) }}true{{ end }}
 {{- end }}
 
