@@ -45,6 +45,9 @@ pub struct UserClaims {
     /// Friendly name.
     #[serde(default)]
     pub name: String,
+    /// The public key that signed it (the account's, or one of its signing keys).
+    #[serde(default, rename = "iss")]
+    pub issuer: String,
     /// Expiry, in seconds since the Unix epoch.
     #[serde(default, rename = "exp")]
     pub expires: Option<i64>,

@@ -33,6 +33,20 @@ pub struct ApplyArgs {
     /// meta leader) before giving up.
     #[arg(long, default_value = "30s")]
     pub wait: causeway_api::quantity::Duration,
+    /// Issue every Node applied its own NATS credential into DIR/<ns>/<node>.creds (needs
+    /// --nats-account-key); see docs/security.md.
+    #[arg(long, value_name = "DIR", requires = "nats_account_key")]
+    pub issue_credentials: Option<PathBuf>,
+    /// Seed file (SA…) of the NATS account, or of one of its signing keys, that signs the
+    /// credentials --issue-credentials writes.
+    #[arg(long, env = "CAUSEWAY_NATS_ACCOUNT_KEY", value_name = "FILE", requires = "issue_credentials")]
+    pub nats_account_key: Option<PathBuf>,
+    /// The account's public key (A…), when --nats-account-key holds a signing key.
+    #[arg(long, env = "CAUSEWAY_NATS_ACCOUNT", value_name = "ID", requires = "nats_account_key")]
+    pub nats_account: Option<String>,
+    /// Lifetime of an issued credential.
+    #[arg(long, default_value = "1h")]
+    pub credentials_ttl: causeway_api::quantity::Duration,
     #[command(flatten)]
     pub nats: NatsArgs,
 }
@@ -54,6 +68,16 @@ pub async fn run(a: ApplyArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_INVALID);
     }
+    let issuer = match &a.nats_account_key {
+        None => None,
+        Some(path) => match causeway_operator::identity::Issuer::from_seed_file(path, a.nats_account.as_deref()) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                eprintln!("error: --nats-account-key {}: {e}", path.display());
+                return ExitCode::from(EXIT_INVALID);
+            }
+        },
+    };
     let client = match a.nats.connect().await {
         Ok(c) => c,
         Err(e) => {
@@ -66,7 +90,9 @@ pub async fn run(a: ApplyArgs) -> ExitCode {
         return ExitCode::from(EXIT_NOT_READY);
     }
     let replicas = a.registry_replicas.unwrap_or_else(|| default_shared_replicas(&client.server_info()));
-    let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY).with_registry_replicas(replicas);
+    let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY)
+        .with_registry_replicas(replicas)
+        .with_node_credentials(issuer.is_some());
     // Rules between objects (a listener against its node) are checked for the whole batch
     // before the first write, so a bad pair cannot fail an apply half-way.
     match manifest::check_batch(&reconciler, &objects).await {
@@ -85,6 +111,33 @@ pub async fn run(a: ApplyArgs) -> ExitCode {
             return ExitCode::from(EXIT_NOT_READY);
         }
     };
+    if let (Some(issuer), Some(dir), false) = (issuer, &a.issue_credentials, a.dry_run) {
+        let nodes: std::collections::BTreeSet<(String, String)> = objects
+            .iter()
+            .filter(|o| o.object.kind() == causeway_api::Kind::Node)
+            .map(|o| (o.object.meta.namespace.to_string(), o.object.meta.name.to_string()))
+            .collect();
+        let files = local::CredentialFiles::new(dir, issuer, a.credentials_ttl.get());
+        let want = |n: &causeway_api::registry::NodeRecord| {
+            nodes.contains(&(n.meta.namespace.to_string(), n.meta.name.to_string()))
+        };
+        match files.sync(&reconciler, want).await {
+            Ok(issued) => {
+                for f in issued {
+                    say(&format!(
+                        "credentials {} -> {} (expires {})",
+                        f.node,
+                        f.path.display(),
+                        f.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ));
+                }
+            }
+            Err(e) => {
+                eprintln!("error: issuing node credentials: {e}");
+                return ExitCode::from(EXIT_NOT_READY);
+            }
+        }
+    }
     let _ = client.flush().await;
     if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_READY) }
 }

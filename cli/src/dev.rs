@@ -54,6 +54,14 @@ pub struct DevArgs {
     /// How often to re-apply the manifests (restores objects changed behind Causeway's back).
     #[arg(long, default_value = "30s")]
     pub resync: quantity::Duration,
+    /// Run nats-server in JWT mode (an operator, an account and a system account generated into
+    /// DATA/secure and kept across restarts) and give every sidecar its own Node's credential,
+    /// so NATS itself enforces node isolation (docs/security.md).
+    #[arg(long)]
+    pub secure: bool,
+    /// With --secure: lifetime of a node credential (issued again at half-life).
+    #[arg(long, default_value = "1h")]
+    pub credentials_ttl: quantity::Duration,
 }
 
 struct Proc {
@@ -106,6 +114,18 @@ async fn resync_once(reconciler: &Reconciler, objects: &[Loaded]) {
     .await;
     if let Err(e) = applied {
         eprintln!("error: resync: {e}");
+    }
+}
+
+/// Issues what is due (new nodes, changed rights, half-life) and says so.
+async fn issue_credentials(reconciler: &Reconciler, files: &local::CredentialFiles, prefix: &str) {
+    match files.sync(reconciler, |n| n.meta.manager == MANAGER_APPLY).await {
+        Ok(issued) => {
+            for f in issued {
+                say(&format!("{prefix}credentials {} {} -> {}", f.node, f.reason, f.path.display()));
+            }
+        }
+        Err(e) => eprintln!("error: issuing node credentials: {e}"),
     }
 }
 
@@ -205,12 +225,35 @@ pub async fn run(a: DevArgs) -> ExitCode {
     let store = std::path::absolute(a.data.join("jetstream")).unwrap_or_else(|_| a.data.join("jetstream"));
     let conf = a.data.join("nats.conf");
     // sync_interval: always — acknowledged writes are on disk (see docs/durability.md).
-    let conf_text = format!(
+    let mut conf_text = format!(
         "server_name: causeway-dev\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
         a.nats_port,
         a.monitor_port,
         store.display()
     );
+    // --secure: a trust chain kept under DATA/secure, an admin credential for this process, and
+    // one credential file per Node for its sidecar.
+    let secure = if a.secure {
+        let dir = a.data.join("secure");
+        match causeway_operator::identity::DevTrust::load_or_create(&dir) {
+            Ok(trust) => {
+                conf_text.push_str(&trust.server_config());
+                let admin = dir.join("admin.creds");
+                if let Err(e) = local::write_private(&admin, &trust.admin_creds()) {
+                    eprintln!("error: cannot write {}: {e}", admin.display());
+                    return ExitCode::from(EXIT_NOT_READY);
+                }
+                let files = local::CredentialFiles::new(dir.join("creds"), trust.issuer(), a.credentials_ttl.get());
+                Some((admin, files))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_NOT_READY);
+            }
+        }
+    } else {
+        None
+    };
     if let Err(e) = std::fs::write(&conf, conf_text) {
         eprintln!("error: cannot write {}: {e}", conf.display());
         return ExitCode::from(EXIT_NOT_READY);
@@ -237,7 +280,18 @@ pub async fn run(a: DevArgs) -> ExitCode {
         stop_all(procs).await;
         return ExitCode::from(EXIT_NOT_READY);
     }
-    let client = match async_nats::connect(&url).await {
+    let connected = match &secure {
+        Some((admin, _)) => match async_nats::ConnectOptions::with_credentials_file(admin).await {
+            Ok(o) => o.connect(&url).await,
+            Err(e) => {
+                eprintln!("error: {}: {e}", admin.display());
+                stop_all(procs).await;
+                return ExitCode::from(EXIT_NOT_READY);
+            }
+        },
+        None => async_nats::connect(&url).await,
+    };
+    let client = match connected {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: cannot connect to {url}: {e}");
@@ -245,7 +299,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
             return ExitCode::from(EXIT_NOT_READY);
         }
     };
-    let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY);
+    let reconciler = Reconciler::new(client.clone(), MANAGER_APPLY).with_node_credentials(secure.is_some());
     println!(
         "nats-server v{version} on {url} (monitoring http://127.0.0.1:{}, data {})",
         a.monitor_port,
@@ -265,6 +319,10 @@ pub async fn run(a: DevArgs) -> ExitCode {
     }
     if let Err(e) = local::apply_each(&reconciler, &objects, Options::default(), |l| say(&format!("  {l}"))).await {
         eprintln!("error: apply failed: {e}");
+    }
+
+    if let Some((_, files)) = &secure {
+        issue_credentials(&reconciler, files, "  ").await;
     }
 
     let nodes: Vec<(&Loaded, &NodeSpec)> = objects
@@ -291,6 +349,9 @@ pub async fn run(a: DevArgs) -> ExitCode {
                 .kill_on_drop(true);
             if let Some(p) = spec.app.port {
                 cmd.env("CAUSEWAY_APP_PORT", p.to_string());
+            }
+            if let Some((_, files)) = &secure {
+                cmd.env("CAUSEWAY_NATS_CREDS", files.path(ns, name)).env("CAUSEWAY_NATS_CREDS_RELOAD", "2s");
             }
             match cmd.spawn() {
                 Ok(child) => procs.push(Proc { what: format!("sidecar {ns}/{name}"), child }),
@@ -326,6 +387,15 @@ pub async fn run(a: DevArgs) -> ExitCode {
         table.push(line);
     }
     println!("Causeway dev is up. Ctrl-C stops everything. Logs in {}", logs.display());
+    match &secure {
+        Some(_) => println!(
+            "Node isolation: enforced by NATS (JWT mode; each sidecar has its own Node's credential, in {})",
+            a.data.join("secure/creds").display()
+        ),
+        None => println!(
+            "Node isolation: not enforced by NATS (one shared connection); run with --secure to have NATS enforce it"
+        ),
+    }
     for l in &table {
         println!("{l}");
     }
@@ -361,6 +431,7 @@ pub async fn run(a: DevArgs) -> ExitCode {
                 let (objs, errs) = manifest::load(&a.paths);
                 for e in &errs { eprintln!("error: {e}"); }
                 if errs.is_empty() { resync_once(&reconciler, &objs).await; }
+                if let Some((_, files)) = &secure { issue_credentials(&reconciler, files, "resync: ").await; }
             }
         }
     }

@@ -95,6 +95,23 @@ pub enum IdentityError {
     },
 }
 
+/// What a credential was issued for: its grants and the key that signs it. Equal fingerprints
+/// mean an issued credential still grants exactly what is wanted.
+pub fn fingerprint(grants: &Grants, issuer: &Issuer) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (tag, list) in [(b"P", &grants.publish), (b"S", &grants.subscribe)] {
+        for p in list {
+            h.update(tag);
+            h.update(p.as_bytes());
+            h.update([0]);
+        }
+    }
+    h.update(issuer.account().as_bytes());
+    h.update(issuer.signing_key().as_bytes());
+    data_encoding::HEXLOWER.encode(&h.finalize()[..16])
+}
+
 /// One issued user credential.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {

@@ -196,3 +196,135 @@ pub async fn apply_yaml(client: &async_nats::Client, yaml: &str) -> std::result:
     let lines: Vec<String> = report.lines.iter().map(ToString::to_string).collect();
     if report.ok() { Ok(lines) } else { Err(lines.join("\n")) }
 }
+
+/// Node credentials kept as files, for `causeway apply --issue-credentials DIR` and `causeway
+/// dev --secure`: `DIR/<ns>/<node>.creds`, each holding exactly its node's grants (computed from
+/// the registry, as the operator computes them from its caches).
+///
+/// A file is written again only when its node's grants change or less than half its lifetime
+/// is left; it is replaced atomically (a sidecar never reads half a file) with mode 0600.
+pub struct CredentialFiles {
+    dir: std::path::PathBuf,
+    issuer: crate::identity::Issuer,
+    ttl: std::time::Duration,
+    /// `(ns, node)` → fingerprint and expiry of the credential in its file.
+    held: std::sync::Mutex<std::collections::HashMap<(String, String), (String, chrono::DateTime<chrono::Utc>)>>,
+}
+
+/// Why a credential file was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedFile {
+    /// `ns/node`.
+    pub node: String,
+    /// Its file.
+    pub path: std::path::PathBuf,
+    /// `Issued`, `Renewed` or `PermissionsChanged`.
+    pub reason: &'static str,
+    /// When it expires.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl CredentialFiles {
+    /// Files under `dir`, signed by `issuer`, each valid for `ttl`.
+    pub fn new(dir: impl Into<std::path::PathBuf>, issuer: crate::identity::Issuer, ttl: std::time::Duration) -> Self {
+        Self { dir: dir.into(), issuer, ttl, held: Default::default() }
+    }
+
+    /// The file of node `ns/node`.
+    pub fn path(&self, ns: &str, node: &str) -> std::path::PathBuf {
+        self.dir.join(ns).join(format!("{node}.creds"))
+    }
+
+    /// Issues what is due for the Node records in the registry that `want` selects.
+    pub async fn sync(
+        &self,
+        reconciler: &Reconciler,
+        want: impl Fn(&causeway_api::registry::NodeRecord) -> bool,
+    ) -> std::result::Result<Vec<IssuedFile>, String> {
+        use causeway_api::{DnsLabel, grants::node_grants, registry::ListenerRecord};
+        let records = reconciler.list_records().await.map_err(|e| format!("reading the registry: {e}"))?;
+        let listeners: Vec<ListenerRecord> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Listener(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect();
+        let stores_of = |ns: &DnsLabel| -> Vec<DnsLabel> {
+            let mut v: Vec<DnsLabel> = records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::EventStore(s) if s.meta.namespace == *ns => Some(s.meta.name.clone()),
+                    _ => None,
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let now = chrono::Utc::now();
+        let half = chrono::Duration::from_std(self.ttl / 2).unwrap_or(chrono::Duration::MAX);
+        let mut out = Vec::new();
+        for r in &records {
+            let Record::Node(n) = r else { continue };
+            if !want(n) {
+                continue;
+            }
+            let grants = node_grants(n, &listeners, &stores_of);
+            let fp = crate::identity::fingerprint(&grants, &self.issuer);
+            let key = (n.meta.namespace.to_string(), n.meta.name.to_string());
+            let path = self.path(&key.0, &key.1);
+            if !self.held.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key)
+                && let Some(exp) = self.still_good(&path, &grants)
+            {
+                // Written by an earlier run for exactly these grants: keep it.
+                self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (fp.clone(), exp));
+            }
+            let reason = match self.held.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+                _ if !path.exists() => "Issued",
+                None => "Issued",
+                Some((f, _)) if *f != fp => "PermissionsChanged",
+                Some((_, exp)) if *exp - now <= half => "Renewed",
+                Some(_) => continue,
+            };
+            let cred = self.issuer.issue(&format!("{}/{}", key.0, key.1), &grants, self.ttl);
+            write_private(&path, &cred.creds).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (fp, cred.expires_at));
+            out.push(IssuedFile { node: format!("{}/{}", key.0, key.1), path, reason, expires_at: cred.expires_at });
+        }
+        Ok(out)
+    }
+}
+
+impl CredentialFiles {
+    /// The expiry of the credential in `path` when it was signed by this issuer for exactly
+    /// `grants` (so that a new run of `causeway apply` does not rewrite unchanged files).
+    fn still_good(
+        &self,
+        path: &std::path::Path,
+        grants: &causeway_api::grants::Grants,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let (jwt, _) = causeway_api::creds::parse_creds(&text)?;
+        let c = causeway_api::creds::read_claims(&jwt)?;
+        let same = c.issuer == self.issuer.signing_key()
+            && c.nats.publish.allow == grants.publish
+            && c.nats.subscribe.allow == grants.subscribe;
+        same.then(|| chrono::DateTime::from_timestamp(c.expires?, 0)).flatten()
+    }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, mode 0600 (credentials).
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", ulid::Ulid::new()));
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -688,3 +688,64 @@ async fn a_listener_whose_store_was_deleted_is_not_ready_even_though_the_stream_
     // Re-created, everything is ready again, on the same stream.
     assert_eq!(apply(&server, &[&store, &rest], &[]).code, 0);
 }
+
+/// `causeway apply --issue-credentials DIR --nats-account-key FILE` writes each applied Node its
+/// own credential (mode 0600) that NATS accepts with exactly that node's rights, records that
+/// nodes have credentials of their own, and leaves unchanged files alone on the next apply.
+#[tokio::test]
+async fn apply_issues_node_credentials_into_files() {
+    let server = NatsServer::start_secure();
+    let trust = server.trust().unwrap().clone();
+    let dir = TempDir::new("cw-apply-creds");
+    let admin = dir.path().join("admin.creds");
+    std::fs::write(&admin, trust.admin_creds()).unwrap();
+    let out = dir.path().join("creds");
+    let key = trust.dir().join("account-signing.nk");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = vec!["apply".into(), "-f".into(), examples_dir().display().to_string()];
+        v.extend(["--nats".into(), server.url.clone(), "--creds".into(), admin.display().to_string()]);
+        v.extend(["--issue-credentials".into(), out.display().to_string()]);
+        v.extend(["--nats-account-key".into(), key.display().to_string(), "--nats-account".into(), trust.account()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a: Vec<String> = args(&[]);
+    let r = causeway(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for node in ["orders", "inventory", "shipping"] {
+        let f = out.join("shop").join(format!("{node}.creds"));
+        assert!(r.stdout.contains(&format!("credentials shop/{node} -> {}", f.display())), "{}", r.stdout);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let f = out.join("shop/inventory.creds");
+    let c = async_nats::ConnectOptions::with_credentials_file(&f)
+        .await
+        .unwrap()
+        .custom_inbox_prefix("_INBOX.shop.inventory")
+        .connect(&server.url)
+        .await
+        .unwrap();
+    let js = jetstream::new(c);
+    assert!(js.publish("cw.shop.to.shipping.shop.inventory.x", "{}".into()).await.unwrap().await.is_ok());
+    let kv =
+        tokio::time::timeout(Duration::from_secs(1), js.publish("$KV.CW_ST_shop_orders.k", "x".into()).await.unwrap())
+            .await;
+    assert!(!matches!(kv, Ok(Ok(_))), "another node's state: {kv:?}");
+    // The registry says these nodes have credentials of their own.
+    let s = causeway(&["status", "--nats", &server.url, "--creds", &admin.display().to_string(), "-o", "json"]);
+    let items: Vec<serde_json::Value> = serde_json::from_str(&s.stdout).unwrap_or_default();
+    let nodes: Vec<&serde_json::Value> = items.iter().filter(|i| i["kind"] == "Node").collect();
+    assert_eq!(nodes.len(), 3, "{}", s.stdout);
+    assert!(nodes.iter().all(|n| n["credentials"] == "node" && n["isolationEnforcedByNats"] == true), "{}", s.stdout);
+
+    let before = std::fs::read_to_string(&f).unwrap();
+    let r = causeway(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("credentials "), "nothing changed, nothing issued: {}", r.stdout);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), before);
+
+    // Without the key, --issue-credentials is refused before anything happens.
+    let r = causeway(&["apply", "-f", "x", "--issue-credentials", "/tmp/x"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}

@@ -1014,7 +1014,10 @@ fn nats_values_turn_on_durable_jetstream_for_the_official_chart() {
 fn node_credentials_wire_the_account_key_and_secret_access() {
     let docs = render(case("node-credentials"));
     assert_eq!(flag(&docs, "--nats-account-key").as_deref(), Some("/var/run/causeway/account/signing.nk"));
-    assert_eq!(flag(&docs, "--nats-account").as_deref(), Some("ABJHLOVMPA4CI6R5KLNGOB4GSLNIY7IOUPAJC4YFNDLQVIOBYQGUWVLA"));
+    assert_eq!(
+        flag(&docs, "--nats-account").as_deref(),
+        Some("ABJHLOVMPA4CI6R5KLNGOB4GSLNIY7IOUPAJC4YFNDLQVIOBYQGUWVLA")
+    );
     assert_eq!(flag(&docs, "--credentials-ttl").as_deref(), Some("30m"));
     assert_eq!(mounts(&docs).get("nats-account-key").map(String::as_str), Some("/var/run/causeway/account"));
     assert_eq!(volume_secret(&docs, "nats-account-key").as_deref(), Some("causeway-account"));

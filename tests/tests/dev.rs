@@ -331,3 +331,71 @@ fn dev_refuses_a_listener_its_node_cannot_serve_and_stops_its_server() {
     assert!(!r.stdout.contains("created"), "nothing is applied: {}", r.stdout);
     assert!(std::net::TcpStream::connect(("127.0.0.1", nats)).is_err(), "its nats-server is stopped");
 }
+
+/// `causeway dev --secure`: nats-server in JWT mode, every sidecar on its own Node's credential.
+/// The examples work as before; a node's credential file cannot publish as another node; an
+/// anonymous client is refused; a restart keeps the trust and the data.
+#[tokio::test]
+async fn dev_secure_runs_every_sidecar_on_its_own_credential() {
+    let data = TempDir::new("cw-dev-secure");
+    let (nats, monitor) = (free_port(), free_port());
+    let mut dev = Dev::start_with(&examples_dir(), &data, nats, monitor, &["--no-demo-apps", "--secure"]);
+    let up = dev.wait_for("Node isolation:", Duration::from_secs(60));
+    assert!(up.contains("enforced by NATS"), "{up}");
+    dev.wait_for("Try:", Duration::from_secs(10));
+    let said = dev.seen.join("\n");
+    for node in ["orders", "inventory", "shipping"] {
+        assert!(said.contains(&format!("credentials shop/{node} Issued")), "{said}");
+    }
+    let conf = std::fs::read_to_string(data.path().join("nats.conf")).unwrap();
+    assert!(conf.contains("resolver: MEMORY") && conf.contains("operator: "), "{conf}");
+    let url = format!("nats://127.0.0.1:{nats}");
+    assert!(async_nats::connect(&url).await.is_err(), "no anonymous access in JWT mode");
+
+    let sidecars: Vec<String> = dev
+        .seen
+        .iter()
+        .filter(|l| l.trim_start().starts_with("sidecar shop/"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_owned))
+        .collect();
+    let http = reqwest::Client::new();
+    causeway_tests::eventually(Duration::from_secs(20), "the orders sidecar is ready", || {
+        let (http, url) = (http.clone(), format!("{}/readyz", sidecars[0]));
+        async move { http.get(url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await;
+    for (path, body) in [
+        ("/v1/stores/orders/subjects/order-1/events", serde_json::json!({"type": "order-placed"})),
+        ("/v1/nodes/inventory/events", serde_json::json!({"type": "order-placed", "payload": {"orderId": "1"}})),
+    ] {
+        let r = http.post(format!("{}{path}", sidecars[0])).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 202, "{path}: {:?}", r.text().await);
+    }
+
+    // The orders node's own file: a send as itself is stored, one as inventory never is.
+    let creds = data.path().join("secure/creds/shop/orders.creds");
+    let c = async_nats::ConnectOptions::with_credentials_file(&creds)
+        .await
+        .unwrap()
+        .custom_inbox_prefix("_INBOX.shop.orders")
+        .connect(&url)
+        .await
+        .unwrap();
+    let js = jetstream::new(c);
+    assert!(js.publish("cw.shop.to.inventory.shop.orders.x", "{}".into()).await.unwrap().await.is_ok());
+    let forged = tokio::time::timeout(
+        Duration::from_secs(1),
+        js.publish("cw.shop.to.inventory.shop.inventory.x", "{}".into()).await.unwrap(),
+    )
+    .await;
+    assert!(!matches!(forged, Ok(Ok(_))), "{forged:?}");
+
+    assert_eq!(dev.terminate(), 0);
+    // The trust is kept: the same files work after a restart, and nothing is issued again.
+    let mut again = Dev::start_with(&examples_dir(), &data, nats, monitor, &["--no-demo-apps", "--secure"]);
+    again.wait_for("Causeway dev is up", Duration::from_secs(60));
+    assert!(!again.seen.join("\n").contains("credentials shop/"), "{:?}", again.seen);
+    let c = async_nats::ConnectOptions::with_credentials_file(&creds).await.unwrap().connect(&url).await;
+    assert!(c.is_ok(), "the credential of the first run still works");
+    assert_eq!(again.terminate(), 0);
+}

@@ -31,7 +31,6 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::{
     Caches,
@@ -107,24 +106,6 @@ pub fn grants_for(rec: &NodeRecord, spec: &causeway_api::crd::NodeSpec, caches: 
     node_grants(rec, &listeners, &stores_of)
 }
 
-/// What a credential was issued for: the grants and the issuing key.
-fn fingerprint(grants: &Grants, issuer: &Issuer) -> String {
-    let mut h = Sha256::new();
-    for p in &grants.publish {
-        h.update(b"P");
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    for s in &grants.subscribe {
-        h.update(b"S");
-        h.update(s.as_bytes());
-        h.update([0]);
-    }
-    h.update(issuer.account().as_bytes());
-    h.update(issuer.signing_key().as_bytes());
-    data_encoding::HEXLOWER.encode(&h.finalize()[..16])
-}
-
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -137,7 +118,7 @@ pub async fn ensure(ctx: &Context, id: &Identity, node: &Node, grants: &Grants) 
     let name = DnsLabel::new(node.name_any()).map_err(|e| Error::Credentials(e.to_string()))?;
     let secret_name = naming::node_secret(&name);
     let api: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
-    let wanted = fingerprint(grants, &id.issuer);
+    let wanted = crate::identity::fingerprint(grants, &id.issuer);
     let now = Utc::now();
     let half = chrono::Duration::from_std(id.ttl / 2).unwrap_or(chrono::Duration::MAX);
     let current = api.get_opt(&secret_name).await?;
