@@ -208,8 +208,11 @@ pub struct CredentialFiles {
     issuer: crate::identity::Issuer,
     ttl: std::time::Duration,
     /// `(ns, node)` → fingerprint and expiry of the credential in its file.
-    held: std::sync::Mutex<std::collections::HashMap<(String, String), (String, chrono::DateTime<chrono::Utc>)>>,
+    held: std::sync::Mutex<std::collections::HashMap<(String, String), HeldFile>>,
 }
+
+/// The fingerprint and expiry of a credential written to a file.
+type HeldFile = (String, chrono::DateTime<chrono::Utc>);
 
 /// Why a credential file was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
