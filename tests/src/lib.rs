@@ -111,13 +111,21 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// A single server on random ports.
+    /// A single server on random ports. With `CAUSEWAY_TEST_SECURE=1` it is a secure one
+    /// ([`NatsServer::start_secure`]), and the sidecars of the tests run on their own Node's
+    /// credential ([`secure_node_creds`]): the sidecar suite then runs under node isolation.
     pub fn start() -> Self {
+        if secure_suite() {
+            return Self::start_secure();
+        }
         Self::spawn("n1".into(), TempDir::new("cw-nats"), 0, None)
     }
 
     /// A single server with `max_payload` set (bytes), for large-payload tests.
     pub fn start_with_max_payload(max_payload: usize) -> Self {
+        if secure_suite() {
+            return Self::start_secure_with(&format!("max_payload: {max_payload}\n"));
+        }
         let dir = TempDir::new("cw-nats");
         std::fs::write(dir.path().join("extra.conf"), format!("max_payload: {max_payload}\n")).expect("write conf");
         Self::spawn("n1".into(), dir, 0, None)
@@ -189,6 +197,15 @@ impl NatsServer {
         let url = ports["nats"][0].as_str().expect("nats url").to_string();
         let monitor = ports["monitoring"][0].as_str().expect("monitoring url").to_string();
         let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        if let Some(t) = &trust {
+            let creds = dir.path().join("node-creds");
+            std::fs::create_dir_all(&creds).expect("node creds dir");
+            SECURE.lock().unwrap_or_else(|e| e.into_inner()).entry(url.clone()).or_insert_with(|| SecureServer {
+                trust: t.clone(),
+                dir: creds,
+                nodes: Default::default(),
+            });
+        }
         let s = Self { child: Some(child), dir, trust, url, port, monitor, name, cluster };
         if s.cluster.is_none() {
             s.wait_healthy(Duration::from_secs(20));
@@ -304,6 +321,115 @@ impl Drop for NatsServer {
 
 /// Where a secure server keeps its [`DevTrust`], inside its directory.
 const TRUST_DIR: &str = "trust";
+
+/// True when the suite runs under node isolation (`CAUSEWAY_TEST_SECURE=1`).
+pub fn secure_suite() -> bool {
+    std::env::var("CAUSEWAY_TEST_SECURE").is_ok_and(|v| v == "1")
+}
+
+/// Secure servers by URL: their trust, and the node credential files handed to sidecars.
+static SECURE: std::sync::Mutex<BTreeMap<String, SecureServer>> = std::sync::Mutex::new(BTreeMap::new());
+
+struct SecureServer {
+    trust: DevTrust,
+    dir: PathBuf,
+    /// `(ns, node)` of every sidecar started with a credential file.
+    nodes: std::collections::BTreeSet<(String, String)>,
+}
+
+/// For a sidecar of node `ns/node` on the secure server at `url`: a credential file with exactly
+/// that node's grants (computed from the registry as the operator would; a node not applied yet
+/// gets the grants of a default Node). `None` when `url` is not a secure server. The file is
+/// rewritten by [`refresh_secure_creds`] when the registry changes what the node may do.
+pub fn secure_node_creds(url: &str, ns: &str, node: &str) -> Option<PathBuf> {
+    let (trust, dir) = {
+        let mut g = SECURE.lock().unwrap_or_else(|e| e.into_inner());
+        let s = g.get_mut(url)?;
+        s.nodes.insert((ns.to_owned(), node.to_owned()));
+        (s.trust.clone(), s.dir.clone())
+    };
+    let path = dir.join(format!("{ns}.{node}.creds"));
+    write_node_creds(url, &trust, &[(ns.to_owned(), node.to_owned())], &dir);
+    Some(path)
+}
+
+/// Rewrites the credential files of the secure server at `url` (after an apply), so running
+/// sidecars reload the grants the registry now implies. Does nothing for other servers.
+pub fn refresh_secure_creds(url: &str) {
+    let Some((trust, dir, nodes)) = SECURE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(url)
+        .map(|s| (s.trust.clone(), s.dir.clone(), s.nodes.iter().cloned().collect::<Vec<_>>()))
+    else {
+        return;
+    };
+    write_node_creds(url, &trust, &nodes, &dir);
+}
+
+fn write_node_creds(url: &str, trust: &DevTrust, nodes: &[(String, String)], dir: &Path) {
+    use causeway_api::{
+        DnsLabel,
+        grants::node_grants,
+        registry::{Meta, NodeRecord, Record},
+    };
+    // Called from async tests: the registry is read on a runtime of its own.
+    let (url, trust, nodes, dir) = (url.to_owned(), trust.clone(), nodes.to_vec(), dir.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let admin = async_nats::ConnectOptions::with_credentials(&trust.admin_creds())
+                .expect("admin creds")
+                .connect(&url)
+                .await
+                .expect("connect as admin");
+            let reconciler = causeway_operator::jetstream::Reconciler::new(admin, "apply");
+            let records = reconciler.list_records().await.unwrap_or_default();
+            let listeners: Vec<_> = records
+                .iter()
+                .filter_map(|r| if let Record::Listener(l) = r { Some(l.clone()) } else { None })
+                .collect();
+            let stores_of = |ns: &DnsLabel| -> Vec<DnsLabel> {
+                records
+                    .iter()
+                    .filter_map(|r| match r {
+                        Record::EventStore(s) if s.meta.namespace == *ns => Some(s.meta.name.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            for (ns, node) in nodes {
+                let found = records.iter().find_map(|r| match r {
+                    Record::Node(n) if n.meta.namespace.as_str() == ns && n.meta.name.as_str() == node => {
+                        Some(n.clone())
+                    }
+                    _ => None,
+                });
+                let rec = found.unwrap_or_else(|| {
+                    let meta = Meta {
+                        namespace: DnsLabel::new(ns.as_str()).expect("namespace"),
+                        name: DnsLabel::new(node.as_str()).expect("node"),
+                        generation: None,
+                        manager: "apply".into(),
+                    };
+                    NodeRecord::resolve(meta, &serde_json::from_value(serde_json::json!({})).expect("default spec"))
+                });
+                let grants = node_grants(&rec, &listeners, &stores_of);
+                let path = dir.join(format!("{ns}.{node}.creds"));
+                let wanted = causeway_operator::identity::fingerprint(&grants, &trust.issuer());
+                let fp = dir.join(format!("{ns}.{node}.fingerprint"));
+                if std::fs::read_to_string(&fp).is_ok_and(|f| f == wanted) {
+                    continue;
+                }
+                let cred = trust.issuer().issue(&format!("{ns}/{node}"), &grants, Duration::from_secs(3600));
+                causeway_operator::local::write_private(&path, &cred.creds).expect("write node creds");
+                std::fs::write(&fp, wanted).expect("write fingerprint");
+            }
+        });
+    })
+    .join()
+    .expect("issue node credentials");
+}
 
 /// A 3-node nats-server cluster on loopback.
 #[derive(Debug)]

@@ -186,6 +186,12 @@ async fn a_reused_id_on_another_subject_is_refused_and_named() {
     let (s, a) = post(&c, &send_url, &json!({"type": "placed", "id": "s1"})).await;
     assert_eq!((s, &a["duplicate"]), (202, &json!(true)), "a true retry is a duplicate: {a}");
     let got = post(&c, &send_url, &json!({"type": "cancelled", "id": "s1"})).await;
+    if causeway_tests::secure_suite() {
+        // Under node isolation a sender may not read the target's inbox, so it cannot see where
+        // the id lives (docs/security.md, "Known limits"): JetStream's answer stands.
+        assert_eq!((got.0, &got.1["duplicate"]), (202, &json!(true)), "{}", got.1);
+        return;
+    }
     assert_eq!(got.1["subject"], "placed", "{}", got.1);
     assert_error(got, 409, "id_conflict");
 }

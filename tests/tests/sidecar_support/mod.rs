@@ -41,6 +41,8 @@ spec: {}
 pub async fn apply(server: &NatsServer, yaml: &str) {
     let client = server.client().await;
     causeway_operator::local::apply_yaml(&client, yaml).await.unwrap_or_else(|e| panic!("apply failed:\n{e}"));
+    // Under node isolation, the running sidecars get the rights the new objects imply.
+    causeway_tests::refresh_secure_creds(&server.url);
 }
 
 /// A running sidecar process, killed on drop.
@@ -74,6 +76,13 @@ impl Sidecar {
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        // Under node isolation (CAUSEWAY_TEST_SECURE=1), each sidecar runs on its own Node's
+        // credential, as the operator would issue it.
+        if !env.iter().any(|(k, _)| *k == "CAUSEWAY_NATS_CREDS")
+            && let Some(path) = causeway_tests::secure_node_creds(nats_url, ns, node)
+        {
+            cmd.env("CAUSEWAY_NATS_CREDS", path).env("CAUSEWAY_NATS_CREDS_RELOAD", "100ms");
         }
         let mut child = cmd.spawn().expect("start causeway-sidecar");
         let stdout = child.stdout.take().expect("stdout");
