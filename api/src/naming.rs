@@ -3,6 +3,7 @@
 //! | from | object | name | subjects |
 //! |---|---|---|---|
 //! | EventStore `ns/x` | stream | `CW_ES_<ns>_<x>` | `cw.<ns>.es.<x>.>` |
+//! | EventStore `ns/x` | live announcements (headers-only republish) | | `cw.<ns>.live.<x>.>` |
 //! | Node `ns/n` | inbox stream | `CW_IN_<ns>_<n>` | `cw.<ns>.in.<n>.>` |
 //! | Node `ns/n` | state KV bucket | `CW_ST_<ns>_<n>` | |
 //! | namespace `ns` | global KV bucket | `CW_GL_<ns>` | |

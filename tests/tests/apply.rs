@@ -75,9 +75,16 @@ async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
     assert!(s.allow_atomic_publish);
     assert!(s.allow_direct);
     assert_eq!(s.num_replicas, 1);
+    // … announcing what it stores, headers only, at cw.shop.live.orders.> for live streams.
+    let rp = s.republish.expect("store announcements");
+    assert_eq!(
+        (rp.source.as_str(), rp.destination.as_str(), rp.headers_only),
+        ("cw.shop.es.orders.>", "cw.shop.live.orders.>", true)
+    );
     // Node shop/inventory → inbox, state bucket; namespace → global bucket.
     let inbox = stream_info(&js, "CW_IN_shop_inventory").await.config;
     assert_eq!(inbox.subjects, vec!["cw.shop.to.inventory.>", "cw.shop.in.inventory.>"]);
+    assert!(inbox.republish.is_none(), "only stores announce");
     let state = js.get_key_value("CW_ST_shop_inventory").await.expect("state bucket");
     assert_eq!(state.status().await.unwrap().history(), 1);
     js.get_key_value("CW_GL_shop").await.expect("global bucket");

@@ -523,8 +523,14 @@ async fn examples_become_ready_with_the_jetstream_objects_they_ask_for() {
     assert_eq!(orders["num_replicas"], json!(1));
     assert_eq!(orders["storage"], json!("file"));
     assert_eq!(orders["retention"], json!("limits"));
+    assert_eq!(
+        orders["republish"],
+        json!({"src": format!("cw.{ns}.es.orders.>"), "dest": format!("cw.{ns}.live.orders.>"), "headers_only": true}),
+        "live announcements"
+    );
     let dead = s(&format!("CW_ES_{ns}_dead-letters"));
     assert_eq!(dead["subjects"], json!([format!("cw.{ns}.es.dead-letters.>")]));
+    assert_eq!(dead["republish"]["dest"], json!(format!("cw.{ns}.live.dead-letters.>")));
     assert_eq!(dead["max_age"], json!(14 * day), "retention.maxAge 14d");
     for node in ["orders", "inventory", "shipping"] {
         let inbox = s(&format!("CW_IN_{ns}_{node}"));

@@ -98,7 +98,19 @@ pub fn store_stream(rec: &StoreRecord) -> stream::Config {
     });
     c.allow_atomic_publish = s.allow_atomic_batch;
     c.max_consumers = s.max_consumers.clamp(1, i32::MAX as i64) as i32;
+    c.republish = Some(store_announcements(rec));
     c
+}
+
+/// The headers-only republish of a store stream: every stored event is announced at
+/// `cw.<ns>.live.<x>.<S>` with its `Nats-Sequence`, so live streams are woken without a
+/// consumer each (a stream holds at most `maxConsumers`) and read with direct gets.
+fn store_announcements(rec: &StoreRecord) -> stream::Republish {
+    stream::Republish {
+        source: naming::join_subject(&rec.subject_prefix, ">"),
+        destination: naming::join_subject(&naming::store_live_prefix(&rec.meta.namespace, &rec.meta.name), ">"),
+        headers_only: true,
+    }
 }
 
 /// The inbox stream of a Node.
@@ -220,5 +232,48 @@ pub fn listener_consumer(rec: &ListenerRecord) -> consumer::Config {
         replay_policy: ReplayPolicy::Instant,
         max_ack_pending: d.max_in_flight as i64,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use causeway_api::{crd::EventStoreSpec, registry::Meta};
+
+    use super::*;
+    use crate::jetstream::diff;
+
+    fn store(ns: &str, name: &str) -> StoreRecord {
+        let meta = Meta {
+            namespace: DnsLabel::new(ns).unwrap(),
+            name: DnsLabel::new(name).unwrap(),
+            generation: None,
+            manager: "test".into(),
+        };
+        let spec: EventStoreSpec = serde_json::from_str("{}").unwrap();
+        StoreRecord::resolve(meta, &spec)
+    }
+
+    #[test]
+    fn a_store_stream_announces_what_it_stores_headers_only_under_its_live_prefix() {
+        let c = store_stream(&store("shop", "orders"));
+        let r = c.republish.expect("a store stream republishes");
+        assert_eq!(r.source, "cw.shop.es.orders.>");
+        assert_eq!(r.destination, "cw.shop.live.orders.>");
+        assert!(r.headers_only, "announcements carry no payload");
+        // The destination must not be captured by the stream itself (JetStream refuses a cycle).
+        assert!(c.subjects.iter().all(|s| !r.destination.starts_with(s.trim_end_matches('>'))));
+    }
+
+    #[test]
+    fn a_store_stream_of_an_earlier_version_gains_the_republish_as_an_update() {
+        let want = store_stream(&store("shop", "orders"));
+        let mut old = want.clone();
+        old.republish = None;
+        let changes = diff::stream(&old, &want);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let c = &changes[0];
+        assert_eq!((c.field, c.immutable, c.from.as_str()), ("republish", false, "none"));
+        assert_eq!(c.to, "cw.shop.es.orders.> -> cw.shop.live.orders.> (headers only)");
+        assert!(diff::stream(&want, &want).is_empty());
     }
 }

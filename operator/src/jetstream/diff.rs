@@ -131,8 +131,13 @@ pub fn stream(cur: &stream::Config, want: &stream::Config) -> Vec<Change> {
     d.changes
 }
 
+/// The republish as one comparable value: source, destination and whether only headers go (a
+/// store stream of an earlier version has none and gains it on the next reconcile).
 fn republish(c: &stream::Config) -> String {
-    c.republish.as_ref().map(|r| format!("{} -> {}", r.source, r.destination)).unwrap_or_else(|| "none".into())
+    c.republish
+        .as_ref()
+        .map(|r| format!("{} -> {}{}", r.source, r.destination, if r.headers_only { " (headers only)" } else { "" }))
+        .unwrap_or_else(|| "none".into())
 }
 
 fn filters(c: &consumer::Config) -> Vec<String> {
@@ -192,6 +197,27 @@ mod tests {
         let want = consumer::Config { filter_subjects: vec!["a".into()], max_deliver: -1, ..Default::default() };
         let cur = consumer::Config { filter_subject: "a".into(), max_deliver: 0, ..Default::default() };
         assert!(consumer(&cur, &want).is_empty());
+    }
+
+    #[test]
+    fn republish_compares_source_destination_and_headers_only() {
+        let rp = |src: &str, dest: &str, headers_only| {
+            Some(stream::Republish { source: src.into(), destination: dest.into(), headers_only })
+        };
+        let want = stream::Config { name: "S".into(), republish: rp("a.>", "b.>", true), ..Default::default() };
+        let mut cur = want.clone();
+        assert!(stream(&cur, &want).is_empty());
+        for (other, from) in [
+            (None, "none"),
+            (rp("a.>", "b.>", false), "a.> -> b.>"),
+            (rp("a.>", "c.>", true), "a.> -> c.> (headers only)"),
+            (rp("a.x", "b.x", true), "a.x -> b.x (headers only)"),
+        ] {
+            cur.republish = other;
+            let ch = stream(&cur, &want);
+            assert_eq!(ch.len(), 1, "{ch:?}");
+            assert_eq!((ch[0].field, ch[0].immutable, ch[0].from.as_str()), ("republish", false, from));
+        }
     }
 
     #[test]
