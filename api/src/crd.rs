@@ -295,9 +295,8 @@ pub struct EventStoreSpec {
     /// Allow all-or-nothing batches of appends (default true).
     #[serde(default = "default_true")]
     pub allow_atomic_batch: bool,
-    /// Most consumers the stream may hold (default 1000, nats-server's own default). Listeners
-    /// on the store and every sidecar's open live streams count toward it; status reports the
-    /// use.
+    /// Most consumers the stream may hold (default 1000, nats-server's own default). Each
+    /// Listener on the store counts toward it (live streams take none); status reports the use.
     #[serde(default = "default_max_consumers")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_consumers: i64,
@@ -334,7 +333,7 @@ pub struct EventStoreStatus {
     /// Sequence of the last stored event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sequence: Option<u64>,
-    /// Consumers the stream holds now (listeners and live streams).
+    /// Consumers the stream holds now (one per Listener on it, plus any other clients made).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<u64>,
     /// Most consumers it may hold.

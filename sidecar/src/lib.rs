@@ -99,7 +99,6 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
         let _ = health.await;
         let _ = clock.await;
         if state.nats_connected() {
-            state.live.delete_all(&state.js).await;
             let _ = tokio::time::timeout(TEARDOWN_MARGIN, state.client.flush()).await;
         }
     };

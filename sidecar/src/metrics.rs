@@ -43,8 +43,6 @@ pub struct Metrics {
     pub forged: Family<Labels, Counter>,
     /// When the NATS credential expires (Unix seconds; 0 without one, or one that never does).
     pub credentials_expiry: Gauge,
-    /// Live-stream consumers this sidecar holds open.
-    pub live_consumers: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -67,7 +65,6 @@ impl Default for Metrics {
         let undecodable = Family::<Labels, Counter>::default();
         let forged = Family::<Labels, Counter>::default();
         let credentials_expiry = Gauge::default();
-        let live_consumers = Gauge::default();
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
         registry.register("events_written", "Events written to JetStream by kind", events.clone());
@@ -97,7 +94,6 @@ impl Default for Metrics {
             "When the NATS credential expires (Unix seconds; 0 without one or when it never expires)",
             credentials_expiry.clone(),
         );
-        registry.register("live_consumers", "Live-stream consumers this sidecar holds open", live_consumers.clone());
         Self {
             registry,
             requests,
@@ -113,7 +109,6 @@ impl Default for Metrics {
             undecodable,
             forged,
             credentials_expiry,
-            live_consumers,
         }
     }
 }

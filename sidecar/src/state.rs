@@ -1,10 +1,6 @@
 //! What every request and worker shares.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use async_nats::jetstream::{self, kv};
 use causeway_api::{causal::LamportClock, naming};
@@ -39,8 +35,6 @@ pub struct State {
     pub creds: Option<Arc<Creds>>,
     /// Signs the ack tokens this sidecar's fetches hand out.
     pub tokens: AckTokens,
-    /// The live streams' consumers, deleted when their client goes or the sidecar stops.
-    pub live: LiveConsumers,
     /// JetStream on it.
     pub js: jetstream::Context,
     /// The namespace's records.
@@ -88,7 +82,6 @@ impl State {
             link,
             creds,
             tokens: AckTokens::new(),
-            live: LiveConsumers::default(),
             js,
             registry,
             clock: LamportClock::new(0),
@@ -149,47 +142,6 @@ impl State {
     /// True when NATS is connected.
     pub fn nats_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
-    }
-}
-
-/// The ephemeral consumers of open live streams: `(stream, consumer)`.
-#[derive(Debug, Default)]
-pub struct LiveConsumers(std::sync::Mutex<HashSet<(String, String)>>);
-
-/// How long deleting one consumer may take before it is left to its inactivity threshold.
-const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl LiveConsumers {
-    /// Remembers a consumer.
-    pub fn register(&self, stream: &str, name: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert((stream.to_owned(), name.to_owned()));
-    }
-
-    /// How many are open.
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// True when none is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Deletes one (bounded in time: if NATS is away, its inactivity threshold removes it).
-    pub async fn delete(&self, js: &jetstream::Context, stream: &str, name: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&(stream.to_owned(), name.to_owned()));
-        match tokio::time::timeout(DELETE_TIMEOUT, js.delete_consumer_from_stream(name, stream)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(consumer = name, error = %e, "could not delete a live-stream consumer"),
-            Err(_) => tracing::debug!(consumer = name, "deleting a live-stream consumer timed out"),
-        }
-    }
-
-    /// Deletes every one still open (on shutdown).
-    pub async fn delete_all(&self, js: &jetstream::Context) {
-        let all: Vec<_> = self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
-        let deletes = all.iter().map(|(s, n)| self.delete(js, s, n));
-        futures::future::join_all(deletes).await;
     }
 }
 

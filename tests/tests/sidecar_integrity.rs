@@ -446,7 +446,7 @@ async fn consumers_of(server: &NatsServer, stream: &str) -> usize {
 }
 
 #[tokio::test]
-async fn loads_and_registry_reads_create_no_consumer_and_live_streams_delete_theirs() {
+async fn loads_live_streams_and_registry_reads_create_no_consumer() {
     let server = NatsServer::start();
     apply(&server, &format!("{}{PUSHED}", manifests())).await;
     let sc = Sidecar::start(&server, "shop", "web", &[("CAUSEWAY_MAX_STREAMS", "40")]).await;
@@ -480,13 +480,7 @@ async fn loads_and_registry_reads_create_no_consumer_and_live_streams_delete_the
         assert!(!first.is_empty());
         drop(body);
     }
-    eventually(Duration::from_secs(5), "every live-stream consumer deleted", || {
-        let s = &server;
-        async move { (consumers_of(s, "CW_ES_shop_orders").await == baseline).then_some(()) }
-    })
-    .await;
-
-    // Open ones are deleted on shutdown too.
+    // Open ones hold none either, and the sidecar stops cleanly while they are open.
     let mut held = Vec::new();
     for _ in 0..3 {
         let r = c.get(sc.at("/v1/stores/orders/events")).header("accept", "application/x-ndjson").send().await.unwrap();
@@ -494,16 +488,38 @@ async fn loads_and_registry_reads_create_no_consumer_and_live_streams_delete_the
         s.next().await.unwrap().unwrap();
         held.push(s);
     }
-    assert_eq!(consumers_of(&server, "CW_ES_shop_orders").await, baseline + 3);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), creates.next()).await.is_err(),
+        "a live stream created a consumer"
+    );
+    assert_eq!(consumers_of(&server, "CW_ES_shop_orders").await, baseline);
     let (s, f) = get(&c, &sc.at("/v1/stores/orders")).await;
-    assert_eq!((s, &f["consumers"], &f["maxConsumers"]), (200, &json!(baseline + 3), &json!(1000)), "{f}");
+    assert_eq!((s, &f["consumers"], &f["maxConsumers"]), (200, &json!(baseline), &json!(1000)), "{f}");
     let mut sc = sc;
     assert_eq!(sc.terminate(), Some(0));
-    assert_eq!(consumers_of(&server, "CW_ES_shop_orders").await, baseline, "deleted before the sidecar exited");
+    for mut s in held {
+        // Each open stream ended with the sidecar: the body ends (or the connection closes).
+        while let Some(Ok(_)) = s.next().await {}
+    }
+}
+
+/// The next line of an NDJSON body, as JSON.
+async fn ndjson_line(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buf: &mut String,
+) -> Value {
+    loop {
+        if let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            return serde_json::from_str(&line).unwrap();
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next()).await.expect("the stream stalled");
+        buf.push_str(std::str::from_utf8(&chunk.expect("the stream ended").unwrap()).unwrap());
+    }
 }
 
 #[tokio::test]
-async fn a_store_at_its_consumer_cap_still_loads_and_says_why_live_streams_wait() {
+async fn a_store_at_its_consumer_cap_still_loads_and_streams_live() {
     let server = NatsServer::start();
     let yaml = format!(
         "{SHOP}---\n{}",
@@ -523,18 +539,20 @@ spec: {node: web, source: {store: tiny}, delivery: {mode: pull}}
     let c = http();
     assert_eq!(post(&c, &append_url(&sc, "tiny", "s"), &json!({"type": "t"})).await.0, 202);
     assert_eq!(load(&c, &sc, "tiny", "s").await.len(), 1, "a load needs no consumer");
-    let r = c.get(sc.at("/v1/stores/tiny/events")).send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    assert!(r.headers().contains_key("retry-after"));
-    let v: Value = r.json().await.unwrap();
-    assert!(v["message"].as_str().unwrap().contains("maxConsumers"), "{v}");
+    // Nor does a live stream: it opens on a store at its cap and follows it.
+    let r =
+        c.get(sc.at("/v1/stores/tiny/events?subject=s")).header("accept", "application/x-ndjson").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (mut lines, mut text) = (r.bytes_stream(), String::new());
+    assert_eq!(ndjson_line(&mut lines, &mut text).await["sequence"], 1);
+    assert_eq!(ndjson_line(&mut lines, &mut text).await["caughtUp"], true);
+    assert_eq!(post(&c, &append_url(&sc, "tiny", "s"), &json!({"type": "t"})).await.0, 202);
+    assert_eq!(ndjson_line(&mut lines, &mut text).await["sequence"], 2);
     // The sidecar's own bound on live streams.
     let mut held = Vec::new();
-    for _ in 0..2 {
-        let r = c.get(sc.at("/v1/stores/orders/events")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        held.push(r);
-    }
+    let r = c.get(sc.at("/v1/stores/orders/events")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    held.push(r);
     let r = c.get(sc.at("/v1/stores/orders/events")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));

@@ -51,7 +51,6 @@ pub fn readyz(state: &State, query: Option<&str>) -> Resp {
 /// Prometheus metrics in the OpenMetrics text format.
 pub fn metrics(state: &State) -> Resp {
     state.metrics.nats_connected.set(state.nats_connected() as i64);
-    state.metrics.live_consumers.set(state.live.len() as i64);
     let mut r = Resp::new(full(state.metrics.render()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -219,7 +219,7 @@ fn build_paths() -> Value {
                     "responses": {
                         "200": {"description": "text/event-stream: `id: <sequence>` and `data: <event>`; `event: caughtUp`. application/x-ndjson: one event per line, then {\"caughtUp\":true}.",
                                 "content": {"text/event-stream": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}},
-                        "404": err("Unknown store"), "503": err("Too many live streams, or the store is at its maxConsumers")
+                        "404": err("Unknown store"), "503": err("Too many live streams, or NATS or the store's stream is not reachable")
                     }
                 }
             },

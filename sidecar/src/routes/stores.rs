@@ -1,8 +1,9 @@
 //! Event stores: append with optimistic concurrency, load, and figures.
 //!
 //! A load reads with batched direct gets: no consumer is created (a stream holds at most 1,000,
-//! shared by listeners and live streams), and any replica may answer. An event that cannot be
-//! decoded (written by something else, or whose payload blob is gone) is skipped and reported in
+//! kept for listeners), and any replica may answer. Live streams ([`super::stream`]) read the
+//! same way, through [`read_page`] and [`decode_stored`]. An event that cannot be decoded
+//! (written by something else, or whose payload blob is gone) is skipped and reported in
 //! `skipped`, so one bad message never makes a store unreadable.
 
 use std::time::Duration;
@@ -22,7 +23,7 @@ use crate::{
     error::{Error, Result},
     event::{Decoded, build, decode_stored, parse_request},
     http::{Query, Resp, etag, json, json_bytes, read_body},
-    nats::{direct_batch, resilient},
+    nats::{Batch, direct_batch, resilient},
     publish::{Ack, Outgoing, publish_batch, publish_one},
     state::State,
 };
@@ -274,7 +275,24 @@ struct Read {
 }
 
 /// Events fetched per direct get.
-const PAGE: u64 = 256;
+pub(crate) const PAGE: u64 = 256;
+
+/// One batched direct get of the events matching `filter` from sequence `next` on: at most `want`
+/// of them and about `max_bytes` (the first always comes). A NATS outage is waited out as by every
+/// request (`CAUSEWAY_NATS_WAIT`). Loads and live streams read through it.
+pub(crate) async fn read_page(
+    state: &State,
+    stream: &str,
+    filter: &str,
+    next: u64,
+    want: usize,
+    max_bytes: usize,
+) -> Result<Batch> {
+    resilient(&state.link, state.config.nats_wait, || {
+        direct_batch(&state.client, stream, filter, next, want, max_bytes)
+    })
+    .await
+}
 
 /// Reads the events matching `filter` after `after` (up to `up_to`) with batched direct gets.
 async fn read_events(
@@ -291,10 +309,7 @@ async fn read_events(
     let Some(mut next) = after.checked_add(1) else { return Ok(read) };
     'pages: loop {
         let want = (limit - read.events.len() as u64 + 1).min(PAGE) as usize;
-        let page = resilient(&state.link, state.config.nats_wait, || {
-            direct_batch(&state.client, stream, filter, next, want, budget.saturating_sub(read.bytes).max(1))
-        })
-        .await?;
+        let page = read_page(state, stream, filter, next, want, budget.saturating_sub(read.bytes).max(1)).await?;
         let Some(last_in_page) = page.messages.last().map(|m| m.sequence) else { break };
         for m in page.messages {
             let seq = m.sequence;

@@ -6,43 +6,65 @@
 //! so resuming passes it) and the stream goes on; if NATS cannot be asked, the stream ends with
 //! an `error` entry, and the client resumes from the last id it saw, missing nothing.
 //!
-//! Each live stream reads through one ephemeral consumer that this sidecar names, keeps in
-//! order itself (a gap in the consumer's sequence recreates it after the last event sent) and
-//! deletes as soon as the client goes away, the sidecar stops, or the stream ends: a stream holds
-//! at most `maxConsumers` (1,000 by default), shared by listeners and every sidecar's live
-//! streams. `CAUSEWAY_MAX_STREAMS` bounds them per sidecar, and the consumer's inactivity
-//! threshold removes it if the sidecar dies. A client that stalls longer than
-//! `CAUSEWAY_STREAM_SEND_TIMEOUT` is dropped rather than buffered.
+//! A live stream creates no JetStream consumer: a stream holds at most `maxConsumers` (kept for
+//! listeners), and a node's credential may not create consumers (docs/security.md). Every store
+//! stream announces what it stores, headers only, at `cw.<ns>.live.<x>.<S>`, and a live stream
+//!
+//! 1. subscribes (core NATS) to `cw.<ns>.live.<x>.<pattern>` first, so that whatever is stored
+//!    after its first read is announced to it;
+//! 2. catches up from `after` with batched direct gets filtered by the pattern, as a load does
+//!    (blobs resolved, undecodable events reported), then sends the marker;
+//! 3. follows: an announcement whose `Nats-Sequence` is above the last sequence sent wakes it,
+//!    and it reads everything after that sequence with direct gets; announcements that arrived
+//!    together make one read. Core NATS delivers at most once, so it also reads every few
+//!    seconds and right after a reconnect: a lost announcement delays an event, never loses it.
+//!
+//! Only sequences above the last one sent are ever sent, so each event comes once, in stream
+//! order, whatever announcements say. `CAUSEWAY_MAX_STREAMS` bounds the streams of a sidecar; a
+//! client that stalls longer than `CAUSEWAY_STREAM_SEND_TIMEOUT` is dropped rather than buffered;
+//! while NATS is away a stream waits for it up to `CAUSEWAY_NATS_WAIT`, as every request does,
+//! then ends with an `error` entry.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{
-    self,
-    consumer::{AckPolicy, DeliverPolicy, pull},
-};
+use async_nats::{Message, Subscriber};
 use bytes::Bytes;
 use causeway_api::{names::validate_subject_pattern, naming};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, watch},
+    time::{Instant, MissedTickBehavior},
+};
 
 use crate::{
     conditional::{Conditions, Support},
     error::{Error, Result},
     event::{Decoded, decode_stored},
+    flag::until_true,
     http::{Query, Resp, header_str},
+    nats::Batch,
+    routes::stores::{PAGE, read_page},
     state::State,
 };
 
 const CHANNEL_FRAMES: usize = 32;
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// A live-stream consumer left behind by a sidecar that died is removed after this.
-pub const LIVE_INACTIVE: Duration = Duration::from_secs(30);
-/// JetStream: the stream holds as many consumers as it may.
-const ERR_MAX_CONSUMERS: u64 = 10026;
+/// How often a following stream reads without being woken. Announcements are core NATS (at most
+/// once: a subscriber that falls behind or a reconnect loses some), so this bounds how late a
+/// lost one makes an event.
+const POLL: Duration = Duration::from_secs(5);
+/// The first wait before reading again when an announced event was not read: the replica that
+/// answered may not hold it yet. It doubles on every try.
+const LAG_RETRY: Duration = Duration::from_millis(50);
+/// Tries for an announced event before it is left to [`POLL`] (limits or a delete may have
+/// removed it, and then no read finds it).
+const LAG_TRIES: u32 = 6;
+/// Announcements already received that one read answers at most.
+const COALESCE: usize = 4096;
 const PARAMS: &[&str] = &["subject", "after", "follow"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,58 +109,6 @@ impl Format {
     }
 }
 
-/// One ephemeral consumer of a live stream, named by this sidecar so it can be deleted.
-struct LiveConsumer {
-    state: Arc<State>,
-    stream: String,
-    name: String,
-}
-
-impl LiveConsumer {
-    async fn create(
-        state: &Arc<State>,
-        stream: &jetstream::stream::Stream<()>,
-        stream_name: &str,
-        filter: &str,
-        after: u64,
-    ) -> Result<(Self, jetstream::consumer::Consumer<pull::Config>)> {
-        let name = format!("cw_live_{}_{}_{}", state.config.namespace, state.config.node, ulid::Ulid::new())
-            .to_ascii_lowercase();
-        let config = pull::Config {
-            name: Some(name.clone()),
-            description: Some(format!("Causeway live stream of sidecar {}", state.sender())),
-            filter_subject: filter.to_owned(),
-            deliver_policy: match after.checked_add(1) {
-                _ if after == 0 => DeliverPolicy::All,
-                Some(start) => DeliverPolicy::ByStartSequence { start_sequence: start },
-                // after=u64::MAX: nothing can come after it but new events.
-                None => DeliverPolicy::New,
-            },
-            ack_policy: AckPolicy::None,
-            inactive_threshold: LIVE_INACTIVE,
-            memory_storage: true,
-            num_replicas: 1,
-            ..Default::default()
-        };
-        let consumer = stream.create_consumer(config).await.map_err(|e| {
-            let full = matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(j) if j.error_code().0 == ERR_MAX_CONSUMERS);
-            if full {
-                Error::Unavailable(format!(
-                    "stream {stream_name} holds as many consumers as its maxConsumers allows (listeners and live streams of every sidecar count); close other live streams or raise the EventStore's maxConsumers, then retry"
-                ))
-            } else {
-                Error::Unavailable(format!("live stream on {stream_name}: {e}"))
-            }
-        })?;
-        state.live.register(stream_name, &name);
-        Ok((Self { state: state.clone(), stream: stream_name.to_owned(), name }, consumer))
-    }
-
-    async fn delete(self) {
-        self.state.live.delete(&self.state.js, &self.stream, &self.name).await;
-    }
-}
-
 /// Opens a live stream.
 pub async fn live(state: &Arc<State>, store: &str, req: Request<Incoming>) -> Result<Resp> {
     let q = Query::parse(req.uri().query(), PARAMS)?;
@@ -165,27 +135,42 @@ pub async fn live(state: &Arc<State>, store: &str, req: Request<Incoming>) -> Re
             state.config.max_streams
         ))
     })?;
-    state.link.connected(state.config.nats_wait).await?;
-    let stream = state.js.get_stream_no_info(&record.stream).await.map_err(|e| {
-        Error::Unavailable(format!("stream {} is not available ({e}); is the EventStore reconciled?", record.stream))
-    })?;
+    let epoch = state.link.connected(state.config.nats_wait).await?;
+    // Subscribed before the first read, so an event stored after that read is announced to us.
+    let announced_on =
+        naming::join_subject(&naming::store_live_prefix(&record.meta.namespace, &record.meta.name), &pattern);
+    let announcements =
+        state.client.subscribe(announced_on).await.map_err(|e| Error::Unavailable(format!("NATS: {e}")))?;
     let filter = naming::join_subject(&record.subject_prefix, &pattern);
-    let (live, consumer) = LiveConsumer::create(state, &stream, &record.stream, &filter, after).await?;
-    let pending = consumer.cached_info().num_pending;
+    // The first page is read before answering, so a store whose stream is missing or unreachable
+    // answers 503 (to retry) rather than a stream that ends at once.
+    let first = match after.checked_add(1) {
+        Some(next) => {
+            Some(read_page(state, &record.stream, &filter, next, PAGE as usize, state.config.max_load_bytes).await?)
+        }
+        // after=u64::MAX: nothing can come after it.
+        None => None,
+    };
 
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
-    let st = state.clone();
-    let stream_name = record.stream.clone();
+    let mut reader = Reader {
+        st: state.clone(),
+        stream: record.stream.clone(),
+        filter,
+        format,
+        tx,
+        last: after,
+        epoch,
+        shutdown: state.shutdown.clone(),
+    };
     tokio::spawn(async move {
         let _permit = permit;
+        let st = reader.st.clone();
         st.metrics.streams.inc();
-        let mut reader = Reader { st: st.clone(), stream, stream_name: stream_name.clone(), filter, live, consumer };
-        let outcome = reader.run(tx, format, after, pending, follow).await;
-        if outcome == Err(true) {
+        if let Stop::Stalled = reader.run(first, follow, announcements).await {
             st.metrics.streams_dropped.inc();
-            tracing::info!(stream = %stream_name, "dropped a live-stream client that stopped reading");
+            tracing::info!(stream = %reader.stream, "dropped a live-stream client that stopped reading");
         }
-        reader.live.delete().await;
         st.metrics.streams.dec();
     });
 
@@ -199,119 +184,192 @@ pub async fn live(state: &Arc<State>, store: &str, req: Request<Incoming>) -> Re
     Ok(r)
 }
 
-/// Reads one live stream in order, replacing its consumer when delivery skips a message.
+/// Why a live stream stopped.
+enum Stop {
+    /// It is over: `follow=false` after the marker, an `error` entry, or the sidecar stopping.
+    Ended,
+    /// The client went away.
+    Left,
+    /// The client stopped reading for longer than `CAUSEWAY_STREAM_SEND_TIMEOUT`.
+    Stalled,
+}
+
+/// The sequence an announcement names; 0 (ignored) for anything else published there.
+fn announced(m: &Message) -> u64 {
+    m.headers.as_ref().and_then(|h| h.get("Nats-Sequence")).and_then(|v| v.as_str().parse().ok()).unwrap_or(0)
+}
+
+/// Reads one live stream in order.
 struct Reader {
     st: Arc<State>,
-    stream: jetstream::stream::Stream<()>,
-    stream_name: String,
+    stream: String,
+    /// `<store prefix>.<pattern>`.
     filter: String,
-    live: LiveConsumer,
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+    format: Format,
+    tx: mpsc::Sender<Bytes>,
+    /// The last sequence sent (at first `after`): nothing at or below it is sent again.
+    last: u64,
+    /// The connection the subscription was made on: a newer one may have missed announcements.
+    epoch: u64,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Reader {
-    /// `Err(true)`: the client stalled; `Err(false)`: the client left.
-    async fn run(
-        &mut self,
-        tx: mpsc::Sender<Bytes>,
-        format: Format,
-        after: u64,
-        pending: u64,
-        follow: bool,
-    ) -> Result<(), bool> {
-        let timeout = self.st.config.stream_send_timeout;
-        let send = |b: Bytes| {
-            let tx = tx.clone();
-            async move {
-                tokio::time::timeout(timeout, tx.send(b)).await.map_err(|_| true).and_then(|r| r.map_err(|_| false))
-            }
-        };
-        let mut last = after;
-        let mut caught_up = false;
-        let mut shutdown = self.st.shutdown.clone();
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
-        keepalive.tick().await;
-        if pending == 0 {
-            caught_up = true;
-            send(format.caught_up(last)).await?;
+    async fn run(&mut self, first: Option<Batch>, follow: bool, mut announcements: Subscriber) -> Stop {
+        let r = async {
+            self.catch_up(first).await?;
+            self.send(self.format.caught_up(self.last)).await?;
             if !follow {
-                return Ok(());
+                return Err(Stop::Ended);
             }
+            self.follow(&mut announcements).await
+        };
+        match r.await {
+            Ok(never) => match never {},
+            Err(stop) => stop,
         }
-        'consumers: loop {
-            let mut messages = match self.consumer.stream().max_messages_per_batch(64).messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    let _ = send(format.error(&Error::Unavailable(format!("live stream: {e}")))).await;
-                    return Ok(());
-                }
+    }
+
+    /// Sends one frame, waiting at most `CAUSEWAY_STREAM_SEND_TIMEOUT` for the client to read.
+    async fn send(&self, b: Bytes) -> Result<(), Stop> {
+        match tokio::time::timeout(self.st.config.stream_send_timeout, self.tx.send(b)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Left),
+            Err(_) => Err(Stop::Stalled),
+        }
+    }
+
+    /// Ends the stream with an `error` entry: the client resumes from the last id it saw.
+    async fn fail(&self, e: &Error) -> Stop {
+        match self.send(self.format.error(e)).await {
+            Ok(()) => Stop::Ended,
+            Err(stop) => stop,
+        }
+    }
+
+    /// One page of what matches from `next` on (while the client is there and the sidecar runs).
+    async fn read(&mut self, next: u64) -> Result<Batch, Stop> {
+        let page = read_page(&self.st, &self.stream, &self.filter, next, PAGE as usize, self.st.config.max_load_bytes);
+        let read = tokio::select! {
+            r = page => r,
+            _ = until_true(&mut self.shutdown) => return Err(Stop::Ended),
+            _ = self.tx.closed() => return Err(Stop::Left),
+        };
+        match read {
+            Ok(b) => Ok(b),
+            Err(e) => Err(self.fail(&e).await),
+        }
+    }
+
+    /// Sends everything stored after `last` that matches, page by page; `first` is a page
+    /// already read from `last + 1`.
+    async fn catch_up(&mut self, mut first: Option<Batch>) -> Result<(), Stop> {
+        loop {
+            let Some(next) = self.last.checked_add(1) else { return Ok(()) };
+            let page = match first.take() {
+                Some(p) => p,
+                None => self.read(next).await?,
             };
-            let mut expected_consumer_seq = 1;
-            loop {
-                tokio::select! {
-                    m = messages.next() => {
-                        let m = match m {
-                            Some(Ok(m)) => m,
-                            Some(Err(e)) => {
-                                tracing::debug!(error = %e, "live-stream consumer failed; recreating it");
-                                if self.recreate(last).await.is_err() {
-                                    let _ = send(format.error(&Error::Unavailable(format!("live stream: {e}")))).await;
-                                    return Ok(());
-                                }
-                                continue 'consumers;
-                            }
-                            None => return Ok(()),
-                        };
-                        let Ok(info) = m.info() else { continue };
-                        let (seq, left, cseq) = (info.stream_sequence, info.pending, info.consumer_sequence);
-                        if cseq != expected_consumer_seq || seq <= last && last != 0 {
-                            // A message was lost between the server and us: start again after the
-                            // last event the client has.
-                            tracing::debug!(cseq, expected_consumer_seq, "live-stream gap; recreating its consumer");
-                            if self.recreate(last).await.is_err() {
-                                let _ = send(format.error(&Error::Unavailable("live stream lost its consumer".into()))).await;
-                                return Ok(());
-                            }
-                            continue 'consumers;
-                        }
-                        expected_consumer_seq += 1;
-                        match decode_stored(&self.st, &m.payload, &self.stream_name, seq, None).await {
-                            Ok(Decoded::Event(_, json)) => send(format.event(seq, &json)).await?,
-                            Ok(Decoded::Skipped(error)) => {
-                                self.st.metrics.undecodable("stream");
-                                send(format.skipped(seq, &error)).await?;
-                            }
-                            Ok(Decoded::TooLarge) => unreachable!("no room limit is given"),
-                            Err(e) => {
-                                // Never skip silently: end the stream, the client resumes from `last`.
-                                let _ = send(format.error(&e)).await;
-                                return Ok(());
-                            }
-                        }
-                        last = seq;
-                        if !caught_up && left == 0 {
-                            caught_up = true;
-                            send(format.caught_up(last)).await?;
-                            if !follow {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    _ = keepalive.tick(), if format == Format::Sse => send(Bytes::from_static(b": keepalive\n\n")).await?,
-                    _ = crate::state::until_true(&mut shutdown) => return Ok(()),
-                    _ = tx.closed() => return Err(false),
+            let more = page.pending > 0 && !page.messages.is_empty();
+            for m in page.messages {
+                if *self.shutdown.borrow() {
+                    return Err(Stop::Ended);
                 }
+                let seq = m.sequence;
+                if seq <= self.last {
+                    continue;
+                }
+                match decode_stored(&self.st, &m.payload, &self.stream, seq, None).await {
+                    Ok(Decoded::Event(_, json)) => self.send(self.format.event(seq, &json)).await?,
+                    Ok(Decoded::Skipped(error)) => {
+                        self.st.metrics.undecodable("stream");
+                        self.send(self.format.skipped(seq, &error)).await?;
+                    }
+                    Ok(Decoded::TooLarge) => unreachable!("no room limit is given"),
+                    // Never skip silently: end the stream, the client resumes from `last`.
+                    Err(e) => return Err(self.fail(&e).await),
+                }
+                self.last = seq;
+            }
+            if !more {
+                return Ok(());
             }
         }
     }
 
-    /// Replaces the consumer with one that starts after `last`.
-    async fn recreate(&mut self, last: u64) -> Result<()> {
-        let (live, consumer) =
-            LiveConsumer::create(&self.st, &self.stream, &self.stream_name, &self.filter, last).await?;
-        let old = std::mem::replace(&mut self.live, live);
-        old.delete().await;
-        self.consumer = consumer;
-        Ok(())
+    /// Follows the store until the client goes, the sidecar stops or NATS stays away.
+    async fn follow(&mut self, announcements: &mut Subscriber) -> Result<Infallible, Stop> {
+        let mut link = self.st.link.subscribe();
+        let now = *link.borrow_and_update();
+        let mut epoch = now.epoch;
+        let mut away_since = (!now.connected).then(Instant::now);
+        let mut poll = tokio::time::interval_at(Instant::now() + POLL, POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+        let mut shutdown = self.shutdown.clone();
+        // The highest sequence announced above what was sent, and the reads that did not find it.
+        let mut target = 0u64;
+        let mut lag_tries = 0u32;
+        // The connection changed since the subscription was made: what it missed is read now.
+        let mut wake = now.connected && now.epoch != self.epoch;
+        loop {
+            if wake {
+                self.catch_up(None).await?;
+                poll.reset();
+                if self.last >= target {
+                    lag_tries = 0;
+                }
+            }
+            let behind = target > self.last && lag_tries < LAG_TRIES;
+            let away_until = away_since.unwrap_or_else(Instant::now) + self.st.config.nats_wait;
+            wake = tokio::select! {
+                m = announcements.next() => {
+                    let Some(m) = m else {
+                        return Err(self.fail(&Error::Unavailable("the NATS connection closed".into())).await);
+                    };
+                    // Everything announced by now makes one read (bounded, should they never stop).
+                    let mut top = announced(&m);
+                    for _ in 0..COALESCE {
+                        let Some(Some(m)) = announcements.next().now_or_never() else { break };
+                        top = top.max(announced(&m));
+                    }
+                    if top > target {
+                        // A new event to wait for: it gets its own tries.
+                        target = top;
+                        lag_tries = 0;
+                    }
+                    top > self.last
+                }
+                _ = poll.tick() => link.borrow().connected,
+                Ok(()) = link.changed() => {
+                    let s = *link.borrow_and_update();
+                    if s.connected {
+                        away_since = None;
+                        // A new connection: announcements sent while away are lost.
+                        std::mem::replace(&mut epoch, s.epoch) != s.epoch
+                    } else {
+                        away_since.get_or_insert_with(Instant::now);
+                        false
+                    }
+                }
+                _ = tokio::time::sleep_until(away_until), if away_since.is_some() => {
+                    let e = Error::Unavailable(format!(
+                        "NATS is not reachable (waited {}); resume from the last id once it is back",
+                        causeway_api::quantity::Duration::from(self.st.config.nats_wait)
+                    ));
+                    return Err(self.fail(&e).await);
+                }
+                _ = tokio::time::sleep(LAG_RETRY * 2u32.pow(lag_tries)), if behind => {
+                    lag_tries += 1;
+                    true
+                }
+                _ = keepalive.tick(), if self.format == Format::Sse => {
+                    self.send(Bytes::from_static(b": keepalive\n\n")).await?;
+                    false
+                }
+                _ = until_true(&mut shutdown) => return Err(Stop::Ended),
+                _ = self.tx.closed() => return Err(Stop::Left),
+            };
+        }
     }
 }
