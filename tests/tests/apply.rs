@@ -745,6 +745,9 @@ async fn apply_issues_node_credentials_into_files() {
     let nodes: Vec<&serde_json::Value> = items.iter().filter(|i| i["kind"] == "Node").collect();
     assert_eq!(nodes.len(), 3, "{}", s.stdout);
     assert!(nodes.iter().all(|n| n["credentials"] == "node" && n["isolationEnforcedByNats"] == true), "{}", s.stdout);
+    // ...and that is not drift: status cannot know who issues credentials, so it keeps the answer.
+    assert!(nodes.iter().all(|n| n["ready"] == true && n["reason"] == "Reconciled"), "{}", s.stdout);
+    assert_eq!(s.code, 0, "{}{}", s.stdout, s.stderr);
 
     let before = std::fs::read_to_string(&f).unwrap();
     let r = causeway(&a.iter().map(String::as_str).collect::<Vec<_>>());

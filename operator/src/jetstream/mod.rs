@@ -258,7 +258,9 @@ pub struct Reconciler {
     js: jetstream::Context,
     manager: &'static str,
     registry_replicas: usize,
-    node_credentials: causeway_api::registry::NodeCredentials,
+    /// Whether Nodes have credentials of their own; `None` (a reader such as `causeway status`,
+    /// which cannot know) keeps what the stored record says.
+    node_credentials: Option<causeway_api::registry::NodeCredentials>,
     /// Shared buckets (registry, global KVs) known to exist, and when that was last checked:
     /// they are re-checked at most every [`SHARED_RECHECK`], not once per object.
     shared: Arc<Mutex<HashMap<String, Instant>>>,
@@ -276,7 +278,7 @@ impl Reconciler {
             js: jetstream::new(client),
             manager,
             registry_replicas: 1,
-            node_credentials: Default::default(),
+            node_credentials: None,
             shared: Default::default(),
             registry_kv: Default::default(),
         }
@@ -291,11 +293,11 @@ impl Reconciler {
     /// Records that Nodes get credentials of their own (the caller issues them), so `causeway
     /// status` can say whether NATS enforces node isolation.
     pub fn with_node_credentials(mut self, issued: bool) -> Self {
-        self.node_credentials = if issued {
+        self.node_credentials = Some(if issued {
             causeway_api::registry::NodeCredentials::Node
         } else {
             causeway_api::registry::NodeCredentials::Shared
-        };
+        });
         self
     }
 
@@ -341,7 +343,7 @@ impl Reconciler {
             }
             Spec::Node(spec) => {
                 let mut rec = NodeRecord::resolve(obj.meta.clone(), spec);
-                rec.credentials = self.node_credentials;
+                rec.credentials = self.node_credentials.unwrap_or_default();
                 let streams = vec![
                     desired::global_kv(ns, self.registry_replicas),
                     desired::inbox_stream(&rec),
@@ -684,7 +686,7 @@ impl Reconciler {
     /// would be, in dry-run), `None` when already current.
     async fn put_record(&self, record: &Record, mode: Mode) -> Result<Option<bool>> {
         let key = record.key();
-        let bytes = record.to_bytes();
+        let mut bytes = record.to_bytes();
         if mode == Mode::DryRun && self.get_stream(&format!("KV_{REGISTRY_BUCKET}")).await?.is_none() {
             return Ok(Some(false));
         }
@@ -693,6 +695,14 @@ impl Reconciler {
             self.forget_shared();
             Error::nats("read registry")(e)
         })?;
+        // Who issues credentials is not this reconciler's to say: keep the stored answer.
+        if let (None, Record::Node(want), Some(Ok(Record::Node(held)))) =
+            (self.node_credentials, record, current.as_deref().map(Record::from_bytes))
+        {
+            let mut want = want.clone();
+            want.credentials = held.credentials;
+            bytes = Record::Node(want).to_bytes();
+        }
         if current.as_deref() == Some(bytes.as_slice()) {
             return Ok(None);
         }
