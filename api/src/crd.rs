@@ -386,6 +386,34 @@ pub struct NodeSpec {
     /// sidecars always, and by NATS where node credentials are issued.
     #[serde(default, skip_serializing_if = "NodeAccess::is_default")]
     pub access: NodeAccess,
+    /// Causal tracing: whether this node's sidecars record what happens to events (stored,
+    /// delivered, retried, dead-lettered) on the namespace's trace stream, for `causeway trace`
+    /// and `GET /v1/traces/{correlationId}`. On unless turned off.
+    #[serde(default, skip_serializing_if = "TraceSpec::is_default")]
+    pub trace: TraceSpec,
+}
+
+/// A node's tracing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceSpec {
+    /// Record trace entries (default true). Off, the node's sends, appends and deliveries leave
+    /// no trace; what other nodes record still shows.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for TraceSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl TraceSpec {
+    /// True for the default (so records of nodes that never set it stay as they were).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A node's access policy. Each entry is a name of this namespace, '*' (every one of this

@@ -143,6 +143,11 @@ pub fn node_grants(
     read_stream(&mut publish, &blob_stream);
     publish.insert(naming::js_stream_purge(&blob_stream));
 
+    // Causal traces: records as itself into any namespace's trace stream (where the events it
+    // stores or delivers live), and reading its own namespace's traces.
+    publish.insert(naming::trace_grant(ns, n));
+    read_stream(&mut publish, &naming::trace_stream(ns));
+
     // The registry: read as a whole, and its change feed for its own namespace.
     read_stream(&mut publish, &naming::kv_stream(naming::REGISTRY_BUCKET));
     subscribe.insert(naming::registry_changes_filter(ns));
@@ -224,9 +229,14 @@ mod tests {
             format!("$JS.API.STREAM.PURGE.OBJ_CW_BLOB_{ns}"),
             "$JS.API.DIRECT.GET.KV_CW_REGISTRY".to_owned(),
             "$JS.API.STREAM.INFO.KV_CW_REGISTRY".to_owned(),
+            format!("$JS.API.DIRECT.GET.CW_TR_{ns}"),
+            format!("cw.{ns}.trace.0123abcd.{ns}.{n}"),
+            format!("cw.elsewhere.trace.0123abcd.{ns}.{n}"),
         ] {
             assert!(g.may_publish(&s), "{ns}/{n} may publish {s}: {g:#?}");
         }
+        // Trace records only as itself.
+        assert!(!g.may_publish(&format!("cw.{ns}.trace.0123abcd.{ns}.someone-else")));
         assert!(g.may_subscribe(&format!("_INBOX.{ns}.{n}.>")));
         assert!(g.may_subscribe(&format!("_INBOX.{ns}.{n}.abc")));
         assert!(g.may_subscribe(&format!("cw._registry.{ns}.>")));
@@ -373,7 +383,9 @@ mod tests {
         let g = node_grants(&a, &[], &stores);
         assert_own_things(&g, "shop", "a");
         assert_never(&g);
-        assert!(!g.publish.iter().any(|p| p.starts_with("cw.")), "{:?}", g.publish);
+        // Nothing under cw. but its own trace records.
+        let cw: Vec<&String> = g.publish.iter().filter(|p| p.starts_with("cw.")).collect();
+        assert_eq!(cw, ["cw.*.trace.*.shop.a"], "{:?}", g.publish);
         assert!(!g.publish.iter().any(|p| p.contains("CW_ES_")), "{:?}", g.publish);
         assert!(!g.subscribe.iter().any(|p| p.contains(".live.")), "{:?}", g.subscribe);
     }

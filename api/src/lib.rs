@@ -24,6 +24,7 @@ pub mod names;
 pub mod naming;
 pub mod quantity;
 pub mod registry;
+pub mod trace;
 
 pub use names::DnsLabel;
 pub use naming::Kind;

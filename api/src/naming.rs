@@ -250,6 +250,58 @@ fn store_live_prefix_of(ns: &DnsLabel, store: &str) -> String {
     format!("cw.{ns}.live.{store}")
 }
 
+/// The trace stream of namespace `ns`: `CW_TR_<ns>`. It holds only causal metadata (one small
+/// record per stored event and per delivery outcome), with its own retention.
+pub fn trace_stream(ns: &DnsLabel) -> String {
+    format!("CW_TR_{ns}")
+}
+
+/// Subjects of namespace `ns`'s trace stream: `cw.<ns>.trace.>`.
+pub fn trace_stream_subject(ns: &DnsLabel) -> String {
+    format!("cw.{ns}.trace.>")
+}
+
+/// The token standing for a correlation id in trace subjects: the first 16 bytes of its SHA-256,
+/// in hex. A correlation id may hold any printable character, a subject token may not; a
+/// reader compares the full id in each record, so a collision can only cost a skipped record.
+pub fn correlation_token(correlation_id: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(correlation_id.as_bytes());
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where node `rns/rn` records a trace entry for correlation `c` in namespace `ns`:
+/// `cw.<ns>.trace.<token(c)>.<rns>.<rn>`. The recorder's tokens are in the subject so that a
+/// node credential may write trace entries only as itself.
+pub fn trace_subject(ns: &DnsLabel, correlation_id: &str, recorder_ns: &str, recorder: &str) -> String {
+    format!("cw.{ns}.trace.{}.{recorder_ns}.{recorder}", correlation_token(correlation_id))
+}
+
+/// Every trace entry of correlation `c` in namespace `ns`: `cw.<ns>.trace.<token(c)>.>`, what
+/// one batched direct get reads (JetStream's per-subject index is the trace index).
+pub fn trace_filter(ns: &DnsLabel, correlation_id: &str) -> String {
+    format!("cw.{ns}.trace.{}.>", correlation_token(correlation_id))
+}
+
+/// What node `rns/rn` may publish trace entries to, in any namespace: `cw.*.trace.*.<rns>.<rn>`
+/// (a permission pattern).
+pub fn trace_grant(recorder_ns: &DnsLabel, recorder: &DnsLabel) -> String {
+    format!("cw.*.trace.*.{recorder_ns}.{recorder}")
+}
+
+/// What a stream name says: `(Kind::EventStore | Kind::Node, namespace, name)` for a store's
+/// `CW_ES_<ns>_<x>` or an inbox's `CW_IN_<ns>_<n>`, else `None`. Labels hold no `_`, so the
+/// split is unambiguous.
+pub fn parse_stream(stream: &str) -> Option<(Kind, &str, &str)> {
+    let (kind, rest) = if let Some(r) = stream.strip_prefix("CW_ES_") {
+        (Kind::EventStore, r)
+    } else {
+        (Kind::Node, stream.strip_prefix("CW_IN_")?)
+    };
+    let (ns, name) = rest.split_once('_')?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains('_')).then_some((kind, ns, name))
+}
+
 /// Prefix of the reply subjects of node `ns/n`'s sidecars: `_INBOX.<ns>.<n>`. Its credential may
 /// subscribe only there, so no node reads another's replies.
 pub fn reply_inbox_prefix(ns: &DnsLabel, node: &DnsLabel) -> String {

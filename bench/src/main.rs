@@ -9,6 +9,7 @@
 mod operator;
 mod reconcile;
 mod sidecar;
+mod trace;
 
 #[tokio::main]
 async fn main() {
@@ -17,12 +18,13 @@ async fn main() {
         "reconcile" => reconcile::run().await,
         "sidecar" => sidecar::run().await,
         "operator" => operator::run().await,
+        "trace" => trace::run().await,
         "all" => {
             reconcile::run().await;
             sidecar::run().await;
         }
         other => {
-            eprintln!("unknown benchmark {other:?}: use reconcile, sidecar, operator or all");
+            eprintln!("unknown benchmark {other:?}: use reconcile, sidecar, trace, operator or all");
             std::process::exit(64);
         }
     }

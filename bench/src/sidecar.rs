@@ -22,9 +22,9 @@ const N: usize = 3000;
 const CONCURRENCY: usize = 32;
 const PER_TASK: usize = 500;
 
-type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub(crate) type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -32,13 +32,13 @@ impl Drop for Proc {
     }
 }
 
-fn sibling(name: &str) -> std::path::PathBuf {
+pub(crate) fn sibling(name: &str) -> std::path::PathBuf {
     let p = std::env::current_exe().unwrap().parent().unwrap().join(name);
     assert!(p.exists(), "{} missing: cargo build --release -p causeway-sidecar -p causeway-bench", p.display());
     p
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
 }
@@ -62,7 +62,7 @@ fn envelope(ty: &str, payload: serde_json::Value) -> Envelope {
     }
 }
 
-async fn post(c: &Http, url: &str, body: Bytes, if_match: Option<u64>) -> u16 {
+pub(crate) async fn post(c: &Http, url: &str, body: Bytes, if_match: Option<u64>) -> u16 {
     post_seq(c, url, body, if_match).await.0
 }
 
@@ -96,7 +96,7 @@ async fn sidecar_round(http: &Arc<Http>, url: &str, body: &Bytes) {
     }
 }
 
-fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
+pub(crate) fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
     v.sort();
     v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6
 }

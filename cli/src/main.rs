@@ -9,6 +9,7 @@ mod operator;
 mod signal;
 mod status;
 mod tether;
+mod trace;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -50,6 +51,10 @@ enum Command {
     /// from the objects' Kubernetes status. Exits 0 when everything shown is ready, 1 when not
     /// (or NATS/Kubernetes cannot be reached), 2 for bad flags or filters.
     Status(status::StatusArgs),
+    /// Show the causal tree of one operation: every event of a correlation id across the inboxes
+    /// and stores of a namespace, with stream, sequence, Lamport time and what each listener did
+    /// with it (delivered, retried, dead-lettered, pending); --svg also draws it.
+    Trace(trace::TraceArgs),
     /// Run Causeway locally: a nats-server (data in ./.causeway), the examples applied,
     /// one sidecar per Node, and the demo apps. Ctrl-C stops everything.
     Dev(dev::DevArgs),
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         Command::Apply(a) => block_on(apply::run(a)),
         Command::Dev(d) => block_on(dev::run(d)),
         Command::Status(s) => block_on(status::run(s)),
+        Command::Trace(t) => block_on(trace::run(t)),
         Command::DemoApp(a) => block_on(demo_app::run(a)),
         Command::Operator(a) => block_on(operator::run(*a)),
     }

@@ -110,6 +110,11 @@ pub enum Error {
     /// KV key absent.
     #[error("key {0:?} does not exist")]
     KeyNotFound(String),
+    /// No trace record of this correlation id.
+    #[error(
+        "no trace of correlation id {0:?} in this namespace (traces are kept 24 hours, and only for nodes with spec.trace.enabled)"
+    )]
+    TraceNotFound(String),
     /// Fetch on a push listener.
     #[error("listener {0:?} delivers by push; only pull listeners can be fetched")]
     NotPullListener(String),
@@ -213,9 +218,12 @@ impl Error {
             Unauthorized => StatusCode::UNAUTHORIZED,
             ForbiddenHost(_) | ForbiddenOrigin(_) | Forbidden { .. } => StatusCode::FORBIDDEN,
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            UnknownNode { .. } | UnknownStore { .. } | UnknownListener { .. } | NoRoute { .. } | KeyNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            UnknownNode { .. }
+            | UnknownStore { .. }
+            | UnknownListener { .. }
+            | NoRoute { .. }
+            | KeyNotFound(_)
+            | TraceNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             NotPullListener(_) | IdConflict { .. } | SequenceConflict { .. } | DuplicateInBatch { .. } => {
                 StatusCode::CONFLICT
@@ -260,6 +268,7 @@ impl Error {
             NoRoute { .. } => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
             KeyNotFound(_) => "key_not_found",
+            TraceNotFound(_) => "trace_not_found",
             NotPullListener(_) => "not_pull_listener",
             SequenceConflict { .. } => "sequence_conflict",
             DuplicateInBatch { .. } => "duplicate_in_batch",

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod trace;
 
 use std::sync::Arc;
 

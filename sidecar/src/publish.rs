@@ -158,6 +158,11 @@ pub async fn publish_one(state: &State, mut out: Outgoing) -> Result<Ack> {
     let (payload, blob) = encode(state, &mut out.envelope).await?;
     let result = publish_encoded(state, &out, payload).await;
     tidy(state, blob.as_slice(), &result, |a: &Ack| !a.duplicate).await;
+    if let Ok(a) = &result
+        && !a.duplicate
+    {
+        crate::trace::stored(state, &out, a.sequence).await;
+    }
     result
 }
 
@@ -282,6 +287,11 @@ pub async fn publish_batch(state: &State, mut outs: Vec<Outgoing>) -> Result<Vec
         }
     } else {
         tidy(state, &blobs, &result, |acks: &Vec<Ack>| acks.iter().any(|a| !a.duplicate)).await;
+    }
+    if let Ok(acks) = &result {
+        for (o, a) in outs.iter().zip(acks).filter(|(_, a)| !a.duplicate) {
+            crate::trace::stored(state, o, a.sequence).await;
+        }
     }
     result
 }

@@ -24,6 +24,7 @@ use causeway_api::{
     envelope::{DeadLetterInfo, Envelope, HEADER_TYPE},
     naming,
     registry::ListenerRecord,
+    trace::What,
 };
 use futures::StreamExt;
 use http::{Request, StatusCode};
@@ -276,9 +277,19 @@ async fn handle(
     };
     let listener = l.meta.name.as_str();
     let max = l.delivery.max_deliver.map(|m| m.max(1) as u64);
+    let traced = |what: What, status: Option<u16>, error: Option<String>| {
+        let env = env.clone();
+        async move {
+            if let Some(env) = &env {
+                let o = crate::trace::Outcome { what, attempt, status, error: error.as_deref() };
+                crate::trace::delivered(state, l, env, seq, o).await;
+            }
+        }
+    };
     let result = match outcome {
         Outcome::Ack(what) => {
             state.metrics.delivery(listener, what);
+            traced(What::Delivered, None, None).await;
             msg.ack().await
         }
         Outcome::Cancelled => {
@@ -289,6 +300,7 @@ async fn handle(
             let delay = l.delivery.backoff_for(attempt).get();
             tracing::debug!(listener, seq, attempt, ?status, %error, ?delay, "push failed; retrying later");
             state.metrics.delivery(listener, "nak");
+            traced(What::Retried, status, Some(error)).await;
             msg.ack_with(AckKind::Nak(Some(delay))).await
         }
         Outcome::Retry { status, error } | Outcome::Refused { status, error } => {
@@ -296,6 +308,7 @@ async fn handle(
                 Ok(()) => {
                     tracing::info!(listener, seq, attempt, ?status, %error, "event refused; dead-lettered");
                     state.metrics.delivery(listener, "term");
+                    traced(What::DeadLettered, status, Some(error)).await;
                     msg.ack_with(AckKind::Term).await
                 }
                 Err(e) => {

@@ -293,6 +293,14 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
             }
             .await,
         ),
+        ["v1", "traces", _] => (
+            "trace",
+            async {
+                allowed(&m, &[Method::GET], "GET")?;
+                traces::get(state, &seg(2)?, &req).await
+            }
+            .await,
+        ),
         ["v1", "acks"] => (
             "acks",
             async {

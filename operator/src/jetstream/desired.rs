@@ -184,6 +184,37 @@ pub fn blob_store(ns: &DnsLabel, replicas: usize) -> stream::Config {
     c
 }
 
+/// How long the trace stream keeps causal metadata, and how much of it.
+pub const TRACE_MAX_AGE: StdDuration = StdDuration::from_secs(24 * 3600);
+/// See [`TRACE_MAX_AGE`]; the oldest records go first.
+pub const TRACE_MAX_BYTES: i64 = 512 * 1024 * 1024;
+
+/// The trace stream of a namespace (created with its first Node or EventStore): causal
+/// metadata only, one small record per stored event and delivery outcome, read per correlation
+/// through JetStream's per-subject index (see `causeway_api::trace`). Oldest records go first.
+pub fn trace_stream(ns: &DnsLabel, replicas: usize) -> stream::Config {
+    let mut c = base(
+        naming::trace_stream(ns),
+        vec![naming::trace_stream_subject(ns)],
+        format!("Causeway causal traces of namespace {ns}"),
+    );
+    c.storage = StorageType::File;
+    c.num_replicas = replicas;
+    c.max_age = TRACE_MAX_AGE;
+    c.max_bytes = TRACE_MAX_BYTES;
+    c.discard = DiscardPolicy::Old;
+    c.duplicate_window = window(DEFAULT_DUPLICATE_WINDOW, c.max_age);
+    c
+}
+
+/// True for the streams a namespace shares (global and blob buckets, traces): created once by
+/// whichever object comes first, then only the fields every Causeway depends on are kept.
+pub fn is_shared(ns: &DnsLabel, stream: &str) -> bool {
+    stream == naming::kv_stream(&naming::global_bucket(ns))
+        || stream == naming::object_stream(&naming::blob_bucket(ns))
+        || stream == naming::trace_stream(ns)
+}
+
 /// The registry bucket that sidecars watch. It republishes every stored change to
 /// `cw._registry.<key>`, so sidecars follow it with a plain subscription instead of a consumer
 /// each (a stream holds at most 1,000).

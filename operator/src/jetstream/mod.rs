@@ -338,6 +338,7 @@ impl Reconciler {
                     desired::global_kv(ns, self.registry_replicas),
                     desired::store_stream(&rec),
                     desired::blob_store(ns, self.registry_replicas),
+                    desired::trace_stream(ns, self.registry_replicas),
                 ];
                 (Record::EventStore(rec), streams, None)
             }
@@ -349,6 +350,7 @@ impl Reconciler {
                     desired::inbox_stream(&rec),
                     desired::state_kv(&rec),
                     desired::blob_store(ns, self.registry_replicas),
+                    desired::trace_stream(ns, self.registry_replicas),
                 ];
                 (Record::Node(rec), streams, None)
             }
@@ -384,9 +386,7 @@ impl Reconciler {
 
         let mut figures = Figures::default();
         for (i, want) in streams.iter().enumerate() {
-            // The namespace's global and blob buckets are shared: created once, then only the
-            // fields every Causeway depends on are kept.
-            let shared = want.name.starts_with("KV_CW_GL_") || want.name.starts_with("OBJ_CW_BLOB_");
+            let shared = desired::is_shared(ns, &want.name);
             let r = self.ensure_stream(want, mode, shared).await?;
             changes.extend(r.changes);
             if let Some(o) = stopped(&r.step, obj, &format!("stream {}", want.name), &changes, &figures) {

@@ -8,3 +8,4 @@ pub mod nodes;
 pub mod openapi;
 pub mod stores;
 pub mod stream;
+pub mod traces;

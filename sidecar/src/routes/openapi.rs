@@ -225,6 +225,17 @@ fn build_paths() -> Value {
             },
             "/v1/global/{key}": kv_ops("namespace's global"),
             "/v1/state/{key}": kv_ops("node's state"),
+            "/v1/traces/{correlationId}": {
+                "get": {
+                    "summary": "The causal tree of one correlation in this namespace: every event with sender, target, stream and sequence, and what each listener did with it",
+                    "parameters": [path_param("correlationId", "The correlation id (any printable characters, percent-encoded)", None)],
+                    "responses": {"200": ok_json("The trace", json!({"type": "object", "properties": {
+                                      "correlationId": {"type": "string"}, "events": {"type": "integer"}, "truncated": {"type": "boolean"},
+                                      "roots": {"type": "array", "items": {"type": "object", "description": "id, type, sender, target, stream, sequence, subject, causationId, lamport, time, outcome (pending|delivered|retrying|deadLettered), deliveries [{listener,state,attempts,status,error}], children"}}}})),
+                                  "404": err("Nothing recorded this correlation id (traces are kept 24 hours)"),
+                                  "503": err("NATS or the trace stream is not reachable")}
+                }
+            },
             "/v1/listeners": {
                 "get": {"summary": "This node's listeners with consumer figures",
                         "responses": {"200": ok_json("Listeners", json!({"type": "object", "properties": {"listeners": {"type": "array", "items": {"type": "object"}}}}))}}

@@ -1,0 +1,381 @@
+//! Causal traces: what the trace stream holds, and the tree of one correlation built from it.
+//!
+//! Every sidecar records, on the trace stream of the namespace where an event lives
+//! ([`crate::naming::trace_stream`]), one small [`TraceRecord`] when it stores an event (a send
+//! into an inbox, an append to a store, an emit) and one per delivery outcome of its listeners
+//! (delivered, retried, dead-lettered). Records of one correlation share a subject token
+//! ([`crate::naming::trace_filter`]), so a trace is read with one batched direct get, without
+//! scanning any event stream. [`Trace::build`] turns them into the causal tree.
+//!
+//! Pure: no I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+/// What a trace record says happened.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub enum What {
+    /// The event was stored (its stream and sequence are in the record).
+    Stored,
+    /// A listener's app took it (2xx).
+    Delivered,
+    /// A listener's delivery failed and will be tried again.
+    Retried,
+    /// A listener gave up on it: it went to the listener's dead letter (or was dropped, without one).
+    DeadLettered,
+}
+
+/// One trace record, MessagePack on the trace stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceRecord {
+    /// What happened.
+    pub what: What,
+    /// The event id.
+    pub id: String,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Who sent the event (`<ns>/<node>`).
+    pub sender: String,
+    /// Where the event lives: `node <ns>/<n>` (an inbox) or `store <ns>/<x>`.
+    pub target: String,
+    /// The event's stream.
+    pub stream: String,
+    /// Its sequence in that stream.
+    pub sequence: u64,
+    /// Its subject, relative to its store or inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The event that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// Its correlation id.
+    pub correlation_id: String,
+    /// Its Lamport time.
+    pub lamport: u64,
+    /// When the event was created.
+    pub time: String,
+    /// When this record was written (RFC 3339).
+    pub at: String,
+    /// Who wrote the record (`<ns>/<node>`).
+    pub by: String,
+    /// The listener, for delivery outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    /// The delivery attempt (1 for the first), for delivery outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u64>,
+    /// The app's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why a delivery failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TraceRecord {
+    /// MessagePack, fields by name.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("a trace record always encodes")
+    }
+
+    /// Decodes a record; `None` for anything else.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        rmp_serde::from_slice(b).ok()
+    }
+}
+
+/// The state of one listener's delivery of an event.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// The listener.
+    pub listener: String,
+    /// `delivered`, `retrying` or `deadLettered`.
+    pub state: String,
+    /// Attempts seen so far.
+    pub attempts: u64,
+    /// The last failure's HTTP status, if the app answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One event of a trace, with its deliveries and the events it caused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceEvent {
+    /// The event id.
+    pub id: String,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Who sent it.
+    pub sender: String,
+    /// Where it lives: `node <ns>/<n>` or `store <ns>/<x>`.
+    pub target: String,
+    /// Its stream.
+    pub stream: String,
+    /// Its sequence there.
+    pub sequence: u64,
+    /// Its subject, relative to its store or inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The event that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// Its Lamport time.
+    pub lamport: u64,
+    /// When it was created.
+    pub time: String,
+    /// `pending` (no listener has reported yet), `delivered` (every listener that reported
+    /// took it), `retrying` or `deadLettered` (some listener is retrying it, or gave up).
+    pub outcome: String,
+    /// One entry per listener that reported, by name.
+    pub deliveries: Vec<Delivery>,
+    /// The events it caused, in Lamport order.
+    pub children: Vec<TraceEvent>,
+}
+
+/// The causal tree of one correlation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Trace {
+    /// The correlation id.
+    pub correlation_id: String,
+    /// How many events the trace holds.
+    pub events: usize,
+    /// The events without a cause in the trace (normally the one that started it), in
+    /// Lamport order, each with what it caused.
+    pub roots: Vec<TraceEvent>,
+}
+
+impl Trace {
+    /// Builds the tree from the records of one correlation (records of other correlations,
+    /// which can share a subject token, are left out). An event stored twice (a retried send
+    /// in another stream) appears once per stream; outcomes attach to the event's stream.
+    pub fn build(correlation_id: &str, records: &[TraceRecord]) -> Self {
+        let records: Vec<&TraceRecord> = records.iter().filter(|r| r.correlation_id == correlation_id).collect();
+        let mut events: BTreeMap<(String, String), TraceEvent> = BTreeMap::new();
+        for r in records.iter().filter(|r| r.what == What::Stored) {
+            events.entry((r.id.clone(), r.stream.clone())).or_insert_with(|| event_of(r));
+        }
+        // An outcome whose stored record is missing (written before tracing was on, or lost)
+        // still shows the event.
+        for r in records.iter().filter(|r| r.what != What::Stored) {
+            events.entry((r.id.clone(), r.stream.clone())).or_insert_with(|| event_of(r));
+        }
+        let mut outcomes: HashMap<(String, String), BTreeMap<String, Vec<&TraceRecord>>> = HashMap::new();
+        for r in records.iter().filter(|r| r.what != What::Stored) {
+            let l = r.listener.clone().unwrap_or_default();
+            outcomes.entry((r.id.clone(), r.stream.clone())).or_default().entry(l).or_default().push(r);
+        }
+        for (key, e) in events.iter_mut() {
+            if let Some(by_listener) = outcomes.get(key) {
+                e.deliveries = by_listener.iter().map(|(l, rs)| delivery(l, rs)).collect();
+            }
+            e.outcome = outcome(&e.deliveries).to_owned();
+        }
+        let total = events.len();
+        let ids: HashSet<String> = events.keys().map(|(id, _)| id.clone()).collect();
+        let mut by_cause: HashMap<Option<String>, Vec<TraceEvent>> = HashMap::new();
+        for e in events.into_values() {
+            let cause = e.causation_id.clone().filter(|c| ids.contains(c) && *c != e.id);
+            by_cause.entry(cause).or_default().push(e);
+        }
+        let mut seen = HashSet::new();
+        let roots = by_cause.remove(&None).unwrap_or_default();
+        let mut roots = attach(roots, &mut by_cause, &mut seen);
+        // Cycles (a causation chain that loops, only possible with hand-set ids) have no root:
+        // show them from their earliest event so nothing is left out.
+        let mut rest: Vec<TraceEvent> = by_cause.into_values().flatten().filter(|e| !seen.contains(&e.id)).collect();
+        rest.sort_by(order);
+        if let Some(first) = rest.first().cloned() {
+            let mut by_cause: HashMap<Option<String>, Vec<TraceEvent>> = HashMap::new();
+            for e in rest.into_iter().skip(1) {
+                by_cause.entry(e.causation_id.clone()).or_default().push(e);
+            }
+            roots.extend(attach(vec![first], &mut by_cause, &mut seen));
+        }
+        roots.sort_by(order);
+        Trace { correlation_id: correlation_id.to_owned(), events: total, roots }
+    }
+
+    /// Every event of the tree, depth first, with its depth.
+    pub fn walk(&self) -> Vec<(usize, &TraceEvent)> {
+        fn go<'a>(e: &'a TraceEvent, depth: usize, out: &mut Vec<(usize, &'a TraceEvent)>) {
+            out.push((depth, e));
+            for c in &e.children {
+                go(c, depth + 1, out);
+            }
+        }
+        let mut out = Vec::new();
+        for r in &self.roots {
+            go(r, 0, &mut out);
+        }
+        out
+    }
+}
+
+fn order(a: &TraceEvent, b: &TraceEvent) -> std::cmp::Ordering {
+    (a.lamport, &a.time, &a.id, a.sequence).cmp(&(b.lamport, &b.time, &b.id, b.sequence))
+}
+
+fn attach(
+    mut level: Vec<TraceEvent>,
+    by_cause: &mut HashMap<Option<String>, Vec<TraceEvent>>,
+    seen: &mut HashSet<String>,
+) -> Vec<TraceEvent> {
+    level.sort_by(order);
+    for e in level.iter_mut() {
+        seen.insert(e.id.clone());
+        if let Some(children) = by_cause.remove(&Some(e.id.clone())) {
+            e.children = attach(children, by_cause, seen);
+        }
+    }
+    level
+}
+
+fn event_of(r: &TraceRecord) -> TraceEvent {
+    TraceEvent {
+        id: r.id.clone(),
+        event_type: r.event_type.clone(),
+        sender: r.sender.clone(),
+        target: r.target.clone(),
+        stream: r.stream.clone(),
+        sequence: r.sequence,
+        subject: r.subject.clone(),
+        causation_id: r.causation_id.clone(),
+        lamport: r.lamport,
+        time: r.time.clone(),
+        outcome: String::new(),
+        deliveries: Vec::new(),
+        children: Vec::new(),
+    }
+}
+
+/// One listener's delivery: its final word if it has one, else retrying.
+fn delivery(listener: &str, rs: &[&TraceRecord]) -> Delivery {
+    let attempts = rs.iter().filter_map(|r| r.attempt).max().unwrap_or(rs.len() as u64);
+    let last_failure = rs.iter().filter(|r| r.what != What::Delivered).max_by_key(|r| r.attempt);
+    let state = if rs.iter().any(|r| r.what == What::Delivered) {
+        "delivered"
+    } else if rs.iter().any(|r| r.what == What::DeadLettered) {
+        "deadLettered"
+    } else {
+        "retrying"
+    };
+    Delivery {
+        listener: listener.to_owned(),
+        state: state.to_owned(),
+        attempts,
+        status: last_failure.and_then(|r| r.status),
+        error: last_failure.and_then(|r| r.error.clone()),
+    }
+}
+
+fn outcome(deliveries: &[Delivery]) -> &'static str {
+    if deliveries.is_empty() {
+        "pending"
+    } else if deliveries.iter().any(|d| d.state == "deadLettered") {
+        "deadLettered"
+    } else if deliveries.iter().any(|d| d.state == "retrying") {
+        "retrying"
+    } else {
+        "delivered"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(what: What, id: &str, cause: Option<&str>, lamport: u64) -> TraceRecord {
+        TraceRecord {
+            what,
+            id: id.into(),
+            event_type: "t".into(),
+            sender: "shop/a".into(),
+            target: "node shop/b".into(),
+            stream: "CW_IN_shop_b".into(),
+            sequence: lamport,
+            subject: None,
+            causation_id: cause.map(Into::into),
+            correlation_id: "c".into(),
+            lamport,
+            time: "2026-11-25T00:00:00Z".into(),
+            at: "2026-11-25T00:00:01Z".into(),
+            by: "shop/b".into(),
+            listener: None,
+            attempt: None,
+            status: None,
+            error: None,
+        }
+    }
+
+    fn outcome_rec(what: What, id: &str, listener: &str, attempt: u64, error: Option<&str>) -> TraceRecord {
+        TraceRecord {
+            listener: Some(listener.into()),
+            attempt: Some(attempt),
+            error: error.map(Into::into),
+            status: error.map(|_| 500),
+            ..rec(what, id, None, 0)
+        }
+    }
+
+    #[test]
+    fn builds_the_causal_tree_with_outcomes() {
+        let records = vec![
+            rec(What::Stored, "b", Some("a"), 2),
+            rec(What::Stored, "a", None, 1),
+            rec(What::Stored, "c", Some("a"), 3),
+            rec(What::Stored, "d", Some("b"), 4),
+            outcome_rec(What::Delivered, "a", "l1", 1, None),
+            outcome_rec(What::Retried, "b", "l2", 1, Some("boom")),
+            outcome_rec(What::Delivered, "b", "l2", 2, None),
+            outcome_rec(What::Retried, "c", "l3", 1, Some("bad")),
+            outcome_rec(What::DeadLettered, "c", "l3", 2, Some("bad")),
+            TraceRecord { correlation_id: "other".into(), ..rec(What::Stored, "x", None, 9) },
+        ];
+        let t = Trace::build("c", &records);
+        assert_eq!(t.events, 4);
+        let walk: Vec<(usize, &str, &str)> =
+            t.walk().iter().map(|(d, e)| (*d, e.id.as_str(), e.outcome.as_str())).collect();
+        assert_eq!(
+            walk,
+            vec![(0, "a", "delivered"), (1, "b", "delivered"), (2, "d", "pending"), (1, "c", "deadLettered")]
+        );
+        let b = &t.roots[0].children[0];
+        assert_eq!(b.deliveries[0].attempts, 2);
+        assert_eq!(b.deliveries[0].error.as_deref(), Some("boom"));
+        let c = &t.roots[0].children[1];
+        assert_eq!((c.deliveries[0].state.as_str(), c.deliveries[0].attempts), ("deadLettered", 2));
+    }
+
+    #[test]
+    fn retrying_without_a_final_word_and_orphans_and_cycles_are_shown() {
+        let records = vec![
+            outcome_rec(What::Retried, "r", "l", 3, Some("503")),
+            rec(What::Stored, "orphan", Some("missing"), 5),
+            rec(What::Stored, "x", Some("y"), 7),
+            rec(What::Stored, "y", Some("x"), 8),
+        ];
+        let t = Trace::build("c", &records);
+        assert_eq!(t.events, 4);
+        assert_eq!(t.walk().len(), 4, "{t:#?}");
+        let r = t.walk().into_iter().find(|(_, e)| e.id == "r").unwrap().1;
+        assert_eq!((r.outcome.as_str(), r.deliveries[0].attempts), ("retrying", 3));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = outcome_rec(What::DeadLettered, "a", "l", 2, Some("x"));
+        assert_eq!(TraceRecord::decode(&r.encode()), Some(r));
+        assert_eq!(TraceRecord::decode(b"nope"), None);
+    }
+}

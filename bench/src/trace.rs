@@ -1,0 +1,139 @@
+//! What causal tracing adds to a send: two sidecars of the same namespace on the same
+//! nats-server in the same run, one with `trace.enabled: true` (the default) and one with it
+//! off, each sending the same events to the same inbox. Sequential latency (the two alternate),
+//! throughput with concurrent clients, and each sidecar's CPU time per 1,000 sends.
+
+use std::{
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use causeway_tests::NatsServer;
+use http_body_util::Full;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+use crate::sidecar::{Http, Proc, pct, post, sibling};
+
+const N: usize = 3000;
+const CONCURRENCY: usize = 32;
+const PER_TASK: usize = 300;
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+async fn start(server: &NatsServer, node: &str) -> (Proc, u32, String) {
+    let port = causeway_tests::free_port();
+    let child = Command::new(sibling("causeway-sidecar"))
+        .env("CAUSEWAY_NODE", node)
+        .env("CAUSEWAY_NAMESPACE", "bench")
+        .env("CAUSEWAY_NATS_URL", &server.url)
+        .env("CAUSEWAY_PORT", port.to_string())
+        .env("CAUSEWAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sidecar");
+    let pid = child.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    for _ in 0..200 {
+        if let Ok(r) = http.request(hyper::Request::get(format!("{base}/readyz")).body(Full::default()).unwrap()).await
+            && r.status() == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (Proc(child), pid, format!("{base}/v1/nodes/sink/events"))
+}
+
+async fn round(http: &Arc<Http>, url: &str, body: &Bytes) -> f64 {
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (http, url, body) = (http.clone(), url.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..PER_TASK {
+                assert_eq!(post(&http, &url, body.clone(), None).await, 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (CONCURRENCY * PER_TASK) as f64 / t.elapsed().as_secs_f64()
+}
+
+pub async fn run() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    causeway_operator::local::apply_yaml(
+        &client,
+        "apiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata: {name: traced, namespace: bench}\n---\n\
+         apiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata: {name: quiet, namespace: bench}\nspec: {trace: {enabled: false}}\n---\n\
+         apiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata: {name: sink, namespace: bench}\n",
+    )
+    .await
+    .expect("apply");
+    let (_a, traced_pid, traced) = start(&server, "traced").await;
+    let (_b, quiet_pid, quiet) = start(&server, "quiet").await;
+    let http: Arc<Http> =
+        Arc::new(Client::builder(TokioExecutor::new()).pool_max_idle_per_host(CONCURRENCY).build_http());
+    let payload = serde_json::json!({"orderId": "123", "items": [{"sku": "a-1", "qty": 2}], "note": "x".repeat(200)});
+    let body =
+        Bytes::from(serde_json::to_vec(&serde_json::json!({"type": "order-placed", "payload": payload})).unwrap());
+    for _ in 0..200 {
+        assert_eq!(post(&http, &traced, body.clone(), None).await, 202);
+        assert_eq!(post(&http, &quiet, body.clone(), None).await, 202);
+    }
+
+    // Sequential, alternating, with each sidecar's CPU over the same sends.
+    let (mut on, mut off) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    let (cpu_on, cpu_off) = (cpu_secs(traced_pid), cpu_secs(quiet_pid));
+    for _ in 0..N {
+        let t = Instant::now();
+        assert_eq!(post(&http, &traced, body.clone(), None).await, 202);
+        on.push(t.elapsed());
+        let t = Instant::now();
+        assert_eq!(post(&http, &quiet, body.clone(), None).await, 202);
+        off.push(t.elapsed());
+    }
+    let cpu_on = (cpu_secs(traced_pid) - cpu_on) / N as f64 * 1000.0;
+    let cpu_off = (cpu_secs(quiet_pid) - cpu_off) / N as f64 * 1000.0;
+    let (on50, off50) = (pct(on.clone(), 0.5), pct(off.clone(), 0.5));
+    let (on99, off99) = (pct(on, 0.99), pct(off, 0.99));
+    println!("| send, {N} sequential | trace off | trace on | ratio on/off |");
+    println!("|---|---|---|---|");
+    println!("| p50 (µs) | {off50:.0} | {on50:.0} | {:.3} |", on50 / off50);
+    println!("| p99 (µs) | {off99:.0} | {on99:.0} | {:.3} |", on99 / off99);
+    println!("| sidecar CPU ms per 1,000 sends | {cpu_off:.1} | {cpu_on:.1} | {:.3} |", cpu_on / cpu_off);
+    // Throughput: rounds alternate so drift in the machine's load hits both alike.
+    let (mut r_on, mut r_off) = (0.0, 0.0);
+    for _ in 0..2 {
+        r_off += round(&http, &quiet, &body).await / 2.0;
+        r_on += round(&http, &traced, &body).await / 2.0;
+    }
+    println!(
+        "| throughput, {CONCURRENCY} concurrent clients (events/s) | {r_off:.0} | {r_on:.0} | {:.3} |",
+        r_on / r_off
+    );
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream("CW_TR_bench").await.expect("trace stream");
+    let st = s.info().await.expect("trace stream info").state.clone();
+    println!();
+    println!(
+        "trace stream CW_TR_bench: {} records, {:.0} bytes per record stored",
+        st.messages,
+        st.bytes as f64 / st.messages.max(1) as f64
+    );
+}

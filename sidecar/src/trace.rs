@@ -1,0 +1,102 @@
+//! Causal trace records (see `causeway_api::trace`): one per stored event and one per delivery
+//! outcome, published without waiting for an ack into the trace stream of the namespace where
+//! the event lives. A trace is diagnostics: a record lost in an outage costs a line of a
+//! trace, never an event, and never a request's latency.
+
+use causeway_api::{
+    envelope::Envelope,
+    names::DnsLabel,
+    naming::{self, Kind},
+    registry::ListenerRecord,
+    trace::{TraceRecord, What},
+};
+
+use crate::{publish::Outgoing, state::State};
+
+/// True when this node records traces (its Node's `spec.trace.enabled`, default on).
+fn enabled(state: &State) -> bool {
+    state.registry.own_node().is_none_or(|n| n.spec.trace.enabled)
+}
+
+/// Records that `out` was stored at `sequence` (not for dead letters: their outcome record says it).
+pub async fn stored(state: &State, out: &Outgoing, sequence: u64) {
+    if out.envelope.dead_letter.is_some() || !enabled(state) {
+        return;
+    }
+    let subject = naming::strip_subject_prefix(&out.prefix, &out.subject).map(|s| s.to_owned());
+    let rec = record(state, What::Stored, &out.envelope, &out.stream, sequence, subject);
+    publish(state, &out.stream, rec).await;
+}
+
+/// A listener's outcome for one delivery attempt.
+pub struct Outcome<'a> {
+    /// What happened.
+    pub what: What,
+    /// The attempt (1 for the first).
+    pub attempt: u64,
+    /// The app's status, when it answered.
+    pub status: Option<u16>,
+    /// Why it failed.
+    pub error: Option<&'a str>,
+}
+
+/// Records what listener `l` did with the event at `sequence` of its stream.
+pub async fn delivered(state: &State, l: &ListenerRecord, env: &Envelope, sequence: u64, o: Outcome<'_>) {
+    if !enabled(state) {
+        return;
+    }
+    let mut rec = record(state, o.what, env, &l.stream, sequence, env.subject.clone());
+    rec.listener = Some(l.meta.name.to_string());
+    rec.attempt = Some(o.attempt);
+    rec.status = o.status;
+    rec.error = o.error.map(|e| e.chars().take(500).collect());
+    publish(state, &l.stream, rec).await;
+}
+
+fn record(
+    state: &State,
+    what: What,
+    env: &Envelope,
+    stream: &str,
+    sequence: u64,
+    subject: Option<String>,
+) -> TraceRecord {
+    let target = match naming::parse_stream(stream) {
+        Some((Kind::Node, ns, n)) => format!("node {ns}/{n}"),
+        Some((_, ns, x)) => format!("store {ns}/{x}"),
+        None => stream.to_owned(),
+    };
+    TraceRecord {
+        what,
+        id: env.id.clone(),
+        event_type: env.event_type.clone(),
+        sender: env.sender.clone(),
+        target,
+        stream: stream.to_owned(),
+        sequence,
+        subject,
+        causation_id: env.causation_id.clone(),
+        correlation_id: env.correlation_id.clone(),
+        lamport: env.lamport,
+        time: env.time.clone(),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        by: state.sender(),
+        listener: None,
+        attempt: None,
+        status: None,
+        error: None,
+    }
+}
+
+/// Publishes without a reply: JetStream stores it, nobody waits.
+async fn publish(state: &State, stream: &str, rec: TraceRecord) {
+    let ns = match naming::parse_stream(stream).map(|(_, ns, _)| DnsLabel::new(ns)) {
+        Some(Ok(ns)) => ns,
+        _ => return,
+    };
+    let c = &state.config;
+    let subject = naming::trace_subject(&ns, &rec.correlation_id, c.namespace.as_str(), c.node.as_str());
+    if let Err(e) = state.client.publish(subject, rec.encode().into()).await {
+        tracing::debug!(error = %e, "trace record not published");
+    }
+}
