@@ -108,8 +108,8 @@ pub async fn run() {
         assert_eq!(post(&http, &quiet, body.clone(), None).await, 202);
         off.push(t.elapsed());
     }
-    let cpu_on = (cpu_secs(traced_pid) - cpu_on) / N as f64 * 1000.0;
-    let cpu_off = (cpu_secs(quiet_pid) - cpu_off) / N as f64 * 1000.0;
+    let cpu_on = (cpu_secs(traced_pid) - cpu_on) / N as f64 * 1e6;
+    let cpu_off = (cpu_secs(quiet_pid) - cpu_off) / N as f64 * 1e6;
     let (on50, off50) = (pct(on.clone(), 0.5), pct(off.clone(), 0.5));
     let (on99, off99) = (pct(on, 0.99), pct(off, 0.99));
     println!("| send, {N} sequential | trace off | trace on | ratio on/off |");
