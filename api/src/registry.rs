@@ -456,7 +456,8 @@ mod tests {
             path: vec![],
             lamport: 1,
             blob: None,
-            dead_letter: None, replay_of: None,
+            dead_letter: None,
+            replay_of: None,
             extensions: Default::default(),
         }
     }

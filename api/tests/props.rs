@@ -130,7 +130,8 @@ fn payload_is_native_messagepack_not_a_json_string() {
         path: vec![],
         lamport: 1,
         blob: None,
-        dead_letter: None, replay_of: None,
+        dead_letter: None,
+        replay_of: None,
         extensions: Default::default(),
     };
     let v: rmpv::Value = rmp_serde::from_slice(&e.encode()).unwrap();

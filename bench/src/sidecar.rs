@@ -57,7 +57,8 @@ fn envelope(ty: &str, payload: serde_json::Value) -> Envelope {
         path: ctx.path,
         lamport: 1,
         blob: None,
-        dead_letter: None, replay_of: None,
+        dead_letter: None,
+        replay_of: None,
         extensions: Default::default(),
     }
 }

@@ -1,7 +1,9 @@
-//! `causeway`: apply manifests to NATS JetStream, run a local dev environment, generate CRDs.
+//! `causeway`: apply manifests to NATS JetStream, run a local dev environment, replay dead
+//! letters, generate CRDs.
 #![forbid(unsafe_code)]
 
 mod apply;
+mod deadletters;
 mod demo_app;
 mod dev;
 mod nats;
@@ -50,6 +52,13 @@ enum Command {
     /// from the objects' Kubernetes status. Exits 0 when everything shown is ready, 1 when not
     /// (or NATS/Kubernetes cannot be reached), 2 for bad flags or filters.
     Status(status::StatusArgs),
+    /// List, show and replay a Listener's dead letters (-n NS LISTENER).
+    ///
+    /// Replay sends events back to the Listener's source, for that Listener only, with their
+    /// id, causal context and replayOf; a dead letter is replayed once, and kept (marked) unless
+    /// --delete. See `causeway deadletters --help` for examples and exit codes.
+    #[command(name = "deadletters")]
+    DeadLetters(deadletters::DeadLettersArgs),
     /// Run Causeway locally: a nats-server (data in ./.causeway), the examples applied,
     /// one sidecar per Node, and the demo apps. Ctrl-C stops everything.
     Dev(dev::DevArgs),
@@ -92,6 +101,7 @@ fn main() -> ExitCode {
         Command::Apply(a) => block_on(apply::run(a)),
         Command::Dev(d) => block_on(dev::run(d)),
         Command::Status(s) => block_on(status::run(s)),
+        Command::DeadLetters(d) => block_on(deadletters::run(d)),
         Command::DemoApp(a) => block_on(demo_app::run(a)),
         Command::Operator(a) => block_on(operator::run(*a)),
     }

@@ -363,7 +363,8 @@ pub async fn replay(
             if let Some(e) = ack.error {
                 return Err(crate::publish::api_error(e));
             }
-            let mark = Mark { stream: l.stream.clone(), sequence: ack.seq, time: now_rfc3339(), by: by.to_owned(), count };
+            let mark =
+                Mark { stream: l.stream.clone(), sequence: ack.seq, time: now_rfc3339(), by: by.to_owned(), count };
             let bucket = state_bucket(l);
             let key = naming::join_subject(&naming::kv_subject_prefix(&bucket), &mark_key(l, dl, entry.sequence));
             let body = serde_json::to_vec(&mark).map_err(|e| Error::Internal(e.to_string()))?;
@@ -457,7 +458,9 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> std::result::Result<DateTime<U
             .ok()
             .and_then(|d| now.checked_sub_signed(d))
             .ok_or_else(|| format!("{s:?} is too long ago")),
-        Err(_) => Err(format!("{s:?} is neither an RFC 3339 time (2026-11-25T12:00:00Z) nor a duration ago (10m, 2h, 7d)")),
+        Err(_) => {
+            Err(format!("{s:?} is neither an RFC 3339 time (2026-11-25T12:00:00Z) nor a duration ago (10m, 2h, 7d)"))
+        }
     }
 }
 

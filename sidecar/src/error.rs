@@ -114,10 +114,14 @@ pub enum Error {
     #[error("listener {0:?} delivers by push; only pull listeners can be fetched")]
     NotPullListener(String),
     /// The listener has no `deadLetter`, so it has no dead letters to list or replay.
-    #[error("listener {0:?} has no deadLetter: give it spec.deadLetter {{store, subject}} to keep and replay the events it refuses")]
+    #[error(
+        "listener {0:?} has no deadLetter: give it spec.deadLetter {{store, subject}} to keep and replay the events it refuses"
+    )]
     NoDeadLetter(String),
     /// No such dead letter of this listener.
-    #[error("listener {listener:?} has no dead letter {id:?}: give its sequence in the dead-letter store (GET /v1/listeners/{listener}/deadletters lists them) or an event id")]
+    #[error(
+        "listener {listener:?} has no dead letter {id:?}: give its sequence in the dead-letter store (GET /v1/listeners/{listener}/deadletters lists them) or an event id"
+    )]
     UnknownDeadLetter {
         /// The listener.
         listener: String,
@@ -234,9 +238,12 @@ impl Error {
             | NoRoute { .. }
             | KeyNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            NotPullListener(_) | NoDeadLetter(_) | NotReplayable(_) | IdConflict { .. } | SequenceConflict { .. } | DuplicateInBatch { .. } => {
-                StatusCode::CONFLICT
-            }
+            NotPullListener(_)
+            | NoDeadLetter(_)
+            | NotReplayable(_)
+            | IdConflict { .. }
+            | SequenceConflict { .. }
+            | DuplicateInBatch { .. } => StatusCode::CONFLICT,
             BatchNotSupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

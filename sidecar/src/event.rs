@@ -354,7 +354,8 @@ pub fn build(
         path: ctx.path,
         lamport: clock.tick(),
         blob: None,
-        dead_letter: None, replay_of: None,
+        dead_letter: None,
+        replay_of: None,
         extensions: d.extensions,
     }
 }

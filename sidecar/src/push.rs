@@ -639,7 +639,8 @@ pub(crate) async fn dead_letter(
             path: vec![],
             lamport: state.clock.now(),
             blob: None,
-            dead_letter: None, replay_of: None,
+            dead_letter: None,
+            replay_of: None,
             extensions: Default::default(),
         },
     };

@@ -194,7 +194,8 @@ fn envelope(id: &str, sender: &str, event_type: &str, lamport: u64) -> Envelope 
         path: vec![],
         lamport,
         blob: None,
-        dead_letter: None, replay_of: None,
+        dead_letter: None,
+        replay_of: None,
         extensions: Default::default(),
     }
 }

@@ -139,7 +139,8 @@ pub async fn replay_many(state: &State, name: &str, req: &http::Request<hyper::b
     let (f, limit, after) = (filter(&q)?, limit(&q)?, q.u64("after")?.unwrap_or(0));
     let delete = q.bool("delete")?.unwrap_or(false);
     let l = listener(state, name).await?;
-    let (done, refused, more) = dl::replay_matching(&state.client, &l, &f, after, limit, &by(state, "API"), delete).await?;
+    let (done, refused, more) =
+        dl::replay_matching(&state.client, &l, &f, after, limit, &by(state, "API"), delete).await?;
     let refused: Vec<Value> = refused.into_iter().map(|(s, e)| json!({"sequence": s, "error": e})).collect();
     Ok(json(StatusCode::OK, &json!({"replayed": done, "notReplayable": refused, "more": more})))
 }
@@ -192,9 +193,8 @@ async fn settle(state: &State, l: &ListenerRecord, from: u64, after: Duration, m
             continue;
         }
         let at = e.envelope.dead_letter.as_ref().and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.time).ok());
-        let due = at.is_none_or(|t| {
-            now.signed_duration_since(t.with_timezone(&Utc)).to_std().is_ok_and(|age| age >= after)
-        });
+        let due =
+            at.is_none_or(|t| now.signed_duration_since(t.with_timezone(&Utc)).to_std().is_ok_and(|age| age >= after));
         if !due {
             if !waiting {
                 cursor = e.sequence;
@@ -203,7 +203,9 @@ async fn settle(state: &State, l: &ListenerRecord, from: u64, after: Duration, m
             continue;
         }
         match dl::replay(&state.client, l, &e, &by(state, "autoReplay"), false).await {
-            Ok(r) => tracing::info!(listener = %l.meta.name, dead_letter = r.dead_letter, id = %r.id, sequence = r.sequence, "auto-replayed a dead letter"),
+            Ok(r) => {
+                tracing::info!(listener = %l.meta.name, dead_letter = r.dead_letter, id = %r.id, sequence = r.sequence, "auto-replayed a dead letter")
+            }
             Err(err) => {
                 if !waiting {
                     cursor = e.sequence;

@@ -58,7 +58,11 @@ const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
 fn dead_letter_filters(extra: &[&str]) -> Value {
     let mut v = vec![
         path_param("listener", "Listener name", None),
-        query("since", "Dead-lettered at or after: RFC 3339, or a duration ago (10m, 2h, 7d)", json!({"type": "string"})),
+        query(
+            "since",
+            "Dead-lettered at or after: RFC 3339, or a duration ago (10m, 2h, 7d)",
+            json!({"type": "string"}),
+        ),
         query("until", "Dead-lettered before: RFC 3339, or a duration ago", json!({"type": "string"})),
         query("type", "Event types, comma-separated: exact, or prefix.*", json!({"type": "string"})),
         query("error", "A substring of the error (case-insensitive)", json!({"type": "string"})),
@@ -66,10 +70,26 @@ fn dead_letter_filters(extra: &[&str]) -> Value {
     ];
     for e in extra {
         v.push(match *e {
-            "replayed" => query("replayed", "true: only replayed ones; false: only those not replayed yet", json!({"type": "boolean"})),
-            "after" => query("after", "Only dead letters after this sequence (page on with lastSequence)", json!({"type": "integer", "minimum": 0})),
-            "limit" => query("limit", "At most this many (default 100)", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
-            _ => query("delete", "Delete each dead letter once replayed (default: keep it, marked)", json!({"type": "boolean"})),
+            "replayed" => query(
+                "replayed",
+                "true: only replayed ones; false: only those not replayed yet",
+                json!({"type": "boolean"}),
+            ),
+            "after" => query(
+                "after",
+                "Only dead letters after this sequence (page on with lastSequence)",
+                json!({"type": "integer", "minimum": 0}),
+            ),
+            "limit" => query(
+                "limit",
+                "At most this many (default 100)",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+            ),
+            _ => query(
+                "delete",
+                "Delete each dead letter once replayed (default: keep it, marked)",
+                json!({"type": "boolean"}),
+            ),
         });
     }
     Value::Array(v)
