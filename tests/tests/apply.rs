@@ -99,7 +99,14 @@ async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
     assert_eq!(c.durable_name.as_deref(), Some("cw_shop_reserve-stock"));
     let filters: Vec<String> =
         if c.filter_subject.is_empty() { c.filter_subjects.clone() } else { vec![c.filter_subject.clone()] };
-    assert_eq!(filters, vec!["cw.shop.to.inventory.*.*.order-placed", "cw.shop.in.inventory.order-placed"]);
+    assert_eq!(
+        filters,
+        vec![
+            "cw.shop.to.inventory.*.*.order-placed",
+            "cw.shop.in.inventory.order-placed",
+            "cw.shop.replay.in.inventory.reserve-stock.>"
+        ]
+    );
     assert_eq!(c.max_deliver, 5);
     assert_eq!(c.max_ack_pending, 16, "maxInFlight from the node");
     assert_eq!(c.ack_wait, Duration::from_secs(30));
