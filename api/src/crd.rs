@@ -797,6 +797,28 @@ pub struct DeadLetter {
     pub store: DnsLabel,
     /// The subject in that store, e.g. dead.reserve-stock.
     pub subject: Subject,
+    /// Replay this listener's dead letters automatically, some time after they were
+    /// dead-lettered, at most `max` times per event. Carried out by the sidecars of the
+    /// listener's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_replay: Option<AutoReplay>,
+}
+
+/// Automatic replay of a listener's dead letters (`deadLetter.autoReplay`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoReplay {
+    /// How long after it was dead-lettered an event is replayed, e.g. 10m.
+    pub after: Duration,
+    /// Replays per event at most (default 3); an event that fails again after its last
+    /// replay stays in the dead letter.
+    #[serde(default = "default_auto_replay_max")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max: u32,
+}
+
+fn default_auto_replay_max() -> u32 {
+    3
 }
 
 /// Observed state of a Listener.

@@ -45,6 +45,11 @@ pub struct Envelope {
     /// Why the event was dead-lettered (only on events in a dead letter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetterInfo>,
+    /// Set when the event was replayed from a dead letter: which one, and how many times this
+    /// event has been replayed. A reader that does not know the field skips it (fields travel
+    /// by name, and unknown ones are ignored), so older sidecars still decode replayed events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<ReplayOf>,
     /// CloudEvents attributes that have no field of their own (`source`, extensions…).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extensions: serde_json::Map<String, serde_json::Value>,
@@ -98,6 +103,20 @@ pub struct DeadLetterInfo {
     /// The first bytes of the app's answer, or the transport error.
     pub error: String,
     /// When it was dead-lettered.
+    pub time: String,
+}
+
+/// The dead letter a replayed event came from (`replayOf` on the wire and at the app).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayOf {
+    /// The dead-letter store's stream.
+    pub stream: String,
+    /// The dead letter's sequence in that stream.
+    pub sequence: u64,
+    /// How many times this event has been replayed, this replay included (1 for the first).
+    pub count: u32,
+    /// When it was replayed (RFC 3339, UTC).
     pub time: String,
 }
 

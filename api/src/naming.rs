@@ -89,6 +89,12 @@ pub fn js_stream_purge(stream: &str) -> String {
     format!("{JS_API_PREFIX}.STREAM.PURGE.{stream}")
 }
 
+/// Deletion of one message of `s`: `$JS.API.STREAM.MSG.DELETE.<s>` (a replayed dead letter,
+/// when its deletion is asked for).
+pub fn js_stream_msg_delete(stream: &str) -> String {
+    format!("{JS_API_PREFIX}.STREAM.MSG.DELETE.{stream}")
+}
+
 /// Consumer info of durable `c` on stream `s`: `$JS.API.CONSUMER.INFO.<s>.<c>`.
 pub fn js_consumer_info(stream: &str, consumer: &str) -> String {
     format!("{JS_API_PREFIX}.CONSUMER.INFO.{stream}.{consumer}")
@@ -228,10 +234,40 @@ pub fn inbox_filters(ns: &DnsLabel, node: &DnsLabel, relative: &str) -> [String;
 }
 
 /// The subjects node `ns/n`'s inbox stream captures: sends that prove their sender
-/// (`cw.<ns>.to.<n>.>`) and, for sidecars of earlier versions during an upgrade, the older
-/// `cw.<ns>.in.<n>.>`.
-pub fn inbox_stream_subjects(ns: &DnsLabel, node: &DnsLabel) -> [String; 2] {
-    [join_subject(&inbox_to_prefix(ns, node), ">"), join_subject(&inbox_subject_prefix(ns, node), ">")]
+/// (`cw.<ns>.to.<n>.>`), for sidecars of earlier versions during an upgrade the older
+/// `cw.<ns>.in.<n>.>`, and replayed dead letters (`cw.<ns>.replay.in.<n>.>`).
+pub fn inbox_stream_subjects(ns: &DnsLabel, node: &DnsLabel) -> [String; 3] {
+    [
+        join_subject(&inbox_to_prefix(ns, node), ">"),
+        join_subject(&inbox_subject_prefix(ns, node), ">"),
+        join_subject(&inbox_replay_prefix(ns, node), ">"),
+    ]
+}
+
+/// The subjects EventStore `ns/x`'s stream captures: its events (`cw.<ns>.es.<x>.>`) and
+/// replayed dead letters (`cw.<ns>.replay.es.<x>.>`).
+pub fn store_stream_subjects(ns: &DnsLabel, store: &DnsLabel) -> [String; 2] {
+    [join_subject(&store_subject_prefix(ns, store), ">"), join_subject(&store_replay_prefix(ns, store), ">")]
+}
+
+/// Where dead letters are replayed into EventStore `ns/x`'s stream: `cw.<ns>.replay.es.<x>`. A
+/// second subject space of the store's stream, outside `cw.<ns>.es.<x>.>`, so loads, live streams
+/// and other listeners never see a replay; only the listener it is for filters on its part of it
+/// (see [`listener_replay_prefix`]).
+pub fn store_replay_prefix(ns: &DnsLabel, store: &DnsLabel) -> String {
+    format!("cw.{ns}.replay.es.{store}")
+}
+
+/// Where dead letters are replayed into Node `ns/n`'s inbox stream: `cw.<ns>.replay.in.<n>`.
+pub fn inbox_replay_prefix(ns: &DnsLabel, node: &DnsLabel) -> String {
+    format!("cw.{ns}.replay.in.{node}")
+}
+
+/// Where listener `l`'s replayed dead letters go in its source stream: `<source replay
+/// prefix>.<l>`; an event is replayed at `<prefix>.<its subject>` (a store) or `<prefix>.<its
+/// type>` (an inbox), so per-subject limits treat it as its original subject.
+pub fn listener_replay_prefix(source_replay_prefix: &str, listener: &DnsLabel) -> String {
+    join_subject(source_replay_prefix, listener.as_str())
 }
 
 /// Where a store's stored events are announced, headers only, for live streams:

@@ -302,10 +302,12 @@ impl ListenerRecord {
         }
         relative.sort();
         relative.dedup();
-        let filter_subjects = match source.kind {
+        let mut filter_subjects: Vec<String> = match source.kind {
             Kind::Node => relative.iter().flat_map(|r| naming::inbox_filters(ns, &source.name, r)).collect(),
             _ => relative.iter().map(|r| naming::join_subject(&prefix, r)).collect(),
         };
+        // Its replayed dead letters, and no other listener's.
+        filter_subjects.push(naming::join_subject(&replay_prefix_of(&meta, &source), ">"));
 
         let d = &spec.delivery;
         let nd = &node.delivery;
@@ -385,10 +387,34 @@ impl ListenerRecord {
         Ok(())
     }
 
+    /// Where this listener's dead letters are replayed in its source stream (see
+    /// [`naming::listener_replay_prefix`]); only this listener's consumer filters on it.
+    pub fn replay_prefix(&self) -> String {
+        replay_prefix_of(&self.meta, &self.source)
+    }
+
+    /// The subject a dead-lettered event is replayed at: the replay prefix and the event's
+    /// subject in a store (its type in an inbox, or when a store event names no subject).
+    pub fn replay_subject(&self, env: &crate::envelope::Envelope) -> String {
+        let rel = match (self.source.kind, &env.subject) {
+            (Kind::EventStore, Some(s)) if !s.is_empty() => s.as_str(),
+            _ => env.event_type.as_str(),
+        };
+        naming::join_subject(&self.replay_prefix(), rel)
+    }
+
     /// True when an event of this type is for this listener.
     pub fn wants_type(&self, event_type: &str) -> bool {
         self.types.is_empty() || self.types.iter().any(|f| crate::names::type_matches(f, event_type))
     }
+}
+
+fn replay_prefix_of(meta: &Meta, source: &SourceRef) -> String {
+    let src = match source.kind {
+        Kind::Node => naming::inbox_replay_prefix(&meta.namespace, &source.name),
+        _ => naming::store_replay_prefix(&meta.namespace, &source.name),
+    };
+    naming::listener_replay_prefix(&src, &meta.name)
 }
 
 /// True when a subject pattern (relative) can match more than one subject.
@@ -431,6 +457,7 @@ mod tests {
             lamport: 1,
             blob: None,
             dead_letter: None,
+            replay_of: None,
             extensions: Default::default(),
         }
     }
@@ -454,6 +481,9 @@ mod tests {
     #[test]
     fn inbox_listeners_filter_both_layouts() {
         let l = listener(serde_json::json!({"inbox": "inventory"}));
-        assert_eq!(l.filter_subjects, vec!["cw.shop.to.inventory.*.*.>", "cw.shop.in.inventory.>"]);
+        assert_eq!(
+            l.filter_subjects,
+            vec!["cw.shop.to.inventory.*.*.>", "cw.shop.in.inventory.>", "cw.shop.replay.in.inventory.reserve.>"]
+        );
     }
 }

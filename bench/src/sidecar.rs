@@ -58,6 +58,7 @@ fn envelope(ty: &str, payload: serde_json::Value) -> Envelope {
         lamport: 1,
         blob: None,
         dead_letter: None,
+        replay_of: None,
         extensions: Default::default(),
     }
 }

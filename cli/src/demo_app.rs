@@ -48,6 +48,9 @@ fn respond(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
         .expect("valid response")
 }
 
+/// Environment variable naming a file: while it exists, the demo app answers every event 422.
+pub const DEMO_REFUSE_FILE: &str = "CAUSEWAY_DEMO_REFUSE_FILE";
+
 async fn handle(args: Arc<DemoAppArgs>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == hyper::Method::GET {
         return Ok(respond(StatusCode::OK, json!({"status": "ok"})));
@@ -73,6 +76,15 @@ async fn handle(args: Arc<DemoAppArgs>, req: Request<Incoming>) -> Result<Respon
         attempt,
         ev.get("payload").unwrap_or(&Value::Null)
     );
+    // A demo of failure and fix: while the file named by CAUSEWAY_DEMO_REFUSE_FILE exists, every
+    // event is refused for good (422), so it goes to the listener's dead letter.
+    if let Some(f) = std::env::var_os(DEMO_REFUSE_FILE).filter(|f| std::path::Path::new(f).exists()) {
+        println!("[{}]   refusing it with 422 ({} exists)", args.name, f.to_string_lossy());
+        return Ok(respond(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": format!("refused: {} exists", f.to_string_lossy())}),
+        ));
+    }
     let event_type = s("type");
     let emit: Vec<Value> = args
         .replies

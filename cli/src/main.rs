@@ -1,7 +1,9 @@
-//! `causeway`: apply manifests to NATS JetStream, run a local dev environment, generate CRDs.
+//! `causeway`: apply manifests to NATS JetStream, run a local dev environment, replay dead
+//! letters, generate CRDs.
 #![forbid(unsafe_code)]
 
 mod apply;
+mod deadletters;
 mod demo_app;
 mod dev;
 mod nats;
@@ -55,6 +57,13 @@ enum Command {
     /// and stores of a namespace, with stream, sequence, Lamport time and what each listener did
     /// with it (delivered, retried, dead-lettered, pending); --svg also draws it.
     Trace(trace::TraceArgs),
+    /// List, show and replay a Listener's dead letters (-n NS LISTENER).
+    ///
+    /// Replay sends events back to the Listener's source, for that Listener only, with their
+    /// id, causal context and replayOf; a dead letter is replayed once, and kept (marked) unless
+    /// --delete. See `causeway deadletters --help` for examples and exit codes.
+    #[command(name = "deadletters")]
+    DeadLetters(deadletters::DeadLettersArgs),
     /// Run Causeway locally: a nats-server (data in ./.causeway), the examples applied,
     /// one sidecar per Node, and the demo apps. Ctrl-C stops everything.
     Dev(dev::DevArgs),
@@ -98,6 +107,7 @@ fn main() -> ExitCode {
         Command::Dev(d) => block_on(dev::run(d)),
         Command::Status(s) => block_on(status::run(s)),
         Command::Trace(t) => block_on(trace::run(t)),
+        Command::DeadLetters(d) => block_on(deadletters::run(d)),
         Command::DemoApp(a) => block_on(demo_app::run(a)),
         Command::Operator(a) => block_on(operator::run(*a)),
     }

@@ -118,6 +118,24 @@ pub enum Error {
     /// Fetch on a push listener.
     #[error("listener {0:?} delivers by push; only pull listeners can be fetched")]
     NotPullListener(String),
+    /// The listener has no `deadLetter`, so it has no dead letters to list or replay.
+    #[error(
+        "listener {0:?} has no deadLetter: give it spec.deadLetter {{store, subject}} to keep and replay the events it refuses"
+    )]
+    NoDeadLetter(String),
+    /// No such dead letter of this listener.
+    #[error(
+        "listener {listener:?} has no dead letter {id:?}: give its sequence in the dead-letter store (GET /v1/listeners/{listener}/deadletters lists them) or an event id"
+    )]
+    UnknownDeadLetter {
+        /// The listener.
+        listener: String,
+        /// What was asked for.
+        id: String,
+    },
+    /// A dead letter that replaying cannot fix.
+    #[error("{0}")]
+    NotReplayable(String),
     /// The node's access policy does not allow this.
     #[error("{message}")]
     Forbidden {
@@ -221,13 +239,17 @@ impl Error {
             UnknownNode { .. }
             | UnknownStore { .. }
             | UnknownListener { .. }
+            | UnknownDeadLetter { .. }
             | NoRoute { .. }
             | KeyNotFound(_)
             | TraceNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            NotPullListener(_) | IdConflict { .. } | SequenceConflict { .. } | DuplicateInBatch { .. } => {
-                StatusCode::CONFLICT
-            }
+            NotPullListener(_)
+            | NoDeadLetter(_)
+            | NotReplayable(_)
+            | IdConflict { .. }
+            | SequenceConflict { .. }
+            | DuplicateInBatch { .. } => StatusCode::CONFLICT,
             BatchNotSupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -270,6 +292,9 @@ impl Error {
             KeyNotFound(_) => "key_not_found",
             TraceNotFound(_) => "trace_not_found",
             NotPullListener(_) => "not_pull_listener",
+            NoDeadLetter(_) => "no_dead_letter",
+            UnknownDeadLetter { .. } => "unknown_dead_letter",
+            NotReplayable(_) => "not_replayable",
             SequenceConflict { .. } => "sequence_conflict",
             DuplicateInBatch { .. } => "duplicate_in_batch",
             BatchNotSupported(_) => "batch_not_supported",

@@ -355,6 +355,7 @@ pub fn build(
         lamport: clock.tick(),
         blob: None,
         dead_letter: None,
+        replay_of: None,
         extensions: d.extensions,
     }
 }

@@ -8,6 +8,7 @@
 //!   NATS credential, reloaded when it changes;
 //! - [`conditional`]: RFC 9110 conditional requests; [`acktoken`]: signed ack tokens;
 //! - [`push`]: push delivery to the app; [`access`]: the node's access policy;
+//! - [`deadletters`]: list, show and replay a listener's dead letters, and `autoReplay`;
 //! - [`metrics`], [`error`], [`http`], [`state`]: the plumbing.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod conditional;
 pub mod config;
 pub mod creds;
+pub mod deadletters;
 pub mod error;
 pub mod event;
 pub mod flag;
@@ -63,6 +65,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
         tokio::spawn(registry::follow(state.registry.clone(), client.clone(), link.clone(), shutdown.clone()));
     let health = tokio::spawn(push::watch_app_health(state.clone()));
     let pushing = tokio::spawn(push::supervise(state.clone()));
+    let replaying = tokio::spawn(routes::deadletters::auto_replay(state.clone()));
     let clock = tokio::spawn(clock::keep(state.clone()));
     let probes = match state.config.health_port {
         None => None,
@@ -96,6 +99,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
     let left = (grace + TEARDOWN_MARGIN).saturating_sub(stopping.elapsed());
     let teardown = async {
         let _ = pushing.await;
+        let _ = replaying.await;
         let _ = registry.await;
         let _ = health.await;
         let _ = clock.await;

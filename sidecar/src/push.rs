@@ -653,6 +653,7 @@ pub(crate) async fn dead_letter(
             lamport: state.clock.now(),
             blob: None,
             dead_letter: None,
+            replay_of: None,
             extensions: Default::default(),
         },
     };
@@ -674,7 +675,11 @@ pub(crate) async fn dead_letter(
         env.blob = None;
         env.payload = Value::Null;
     }
-    let msg_id = format!("{}.dl.{}", env.id, l.meta.name);
+    // A replayed event that fails again is a new dead letter, not a duplicate of the first.
+    let msg_id = match &env.replay_of {
+        None => format!("{}.dl.{}", env.id, l.meta.name),
+        Some(r) => format!("{}.dl.{}.r{}", env.id, l.meta.name, r.count),
+    };
     let out = Outgoing {
         subject: dl.nats_subject.clone(),
         stream: dl.stream.clone(),

@@ -301,6 +301,38 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
             }
             .await,
         ),
+        ["v1", "listeners", _, "deadletters"] => (
+            "deadletters",
+            async {
+                allowed(&m, &[Method::GET], "GET")?;
+                deadletters::list(state, &seg(2)?, &req).await
+            }
+            .await,
+        ),
+        ["v1", "listeners", _, "deadletters", "replay"] => (
+            "deadletters_replay",
+            async {
+                allowed(&m, &[Method::POST], "POST")?;
+                deadletters::replay_many(state, &seg(2)?, &req).await
+            }
+            .await,
+        ),
+        ["v1", "listeners", _, "deadletters", _] => (
+            "deadletter",
+            async {
+                allowed(&m, &[Method::GET], "GET")?;
+                deadletters::show(state, &seg(2)?, &seg(4)?, &req).await
+            }
+            .await,
+        ),
+        ["v1", "listeners", _, "deadletters", _, "replay"] => (
+            "deadletter_replay",
+            async {
+                allowed(&m, &[Method::POST], "POST")?;
+                deadletters::replay_one(state, &seg(2)?, &seg(4)?, &req).await
+            }
+            .await,
+        ),
         ["v1", "acks"] => (
             "acks",
             async {

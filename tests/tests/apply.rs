@@ -62,9 +62,10 @@ async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
     }
 
     let js = jetstream::new(server.client().await);
-    // EventStore shop/orders → stream CW_ES_shop_orders on cw.shop.es.orders.>
+    // EventStore shop/orders → stream CW_ES_shop_orders on cw.shop.es.orders.>, and its
+    // listeners' replayed dead letters on cw.shop.replay.es.orders.>
     let s = stream_info(&js, "CW_ES_shop_orders").await.config;
-    assert_eq!(s.subjects, vec!["cw.shop.es.orders.>"]);
+    assert_eq!(s.subjects, vec!["cw.shop.es.orders.>", "cw.shop.replay.es.orders.>"]);
     assert_eq!(s.storage, stream::StorageType::File);
     assert_eq!(s.retention, stream::RetentionPolicy::Limits);
     assert_eq!(s.max_age, Duration::from_secs(30 * 86400));
@@ -83,7 +84,10 @@ async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
     );
     // Node shop/inventory → inbox, state bucket; namespace → global bucket.
     let inbox = stream_info(&js, "CW_IN_shop_inventory").await.config;
-    assert_eq!(inbox.subjects, vec!["cw.shop.to.inventory.>", "cw.shop.in.inventory.>"]);
+    assert_eq!(
+        inbox.subjects,
+        vec!["cw.shop.to.inventory.>", "cw.shop.in.inventory.>", "cw.shop.replay.in.inventory.>"]
+    );
     assert!(inbox.republish.is_none(), "only stores announce");
     let state = js.get_key_value("CW_ST_shop_inventory").await.expect("state bucket");
     assert_eq!(state.status().await.unwrap().history(), 1);
@@ -95,7 +99,14 @@ async fn examples_apply_created_then_unchanged_with_design_names_and_configs() {
     assert_eq!(c.durable_name.as_deref(), Some("cw_shop_reserve-stock"));
     let filters: Vec<String> =
         if c.filter_subject.is_empty() { c.filter_subjects.clone() } else { vec![c.filter_subject.clone()] };
-    assert_eq!(filters, vec!["cw.shop.to.inventory.*.*.order-placed", "cw.shop.in.inventory.order-placed"]);
+    assert_eq!(
+        filters,
+        vec![
+            "cw.shop.to.inventory.*.*.order-placed",
+            "cw.shop.in.inventory.order-placed",
+            "cw.shop.replay.in.inventory.reserve-stock.>"
+        ]
+    );
     assert_eq!(c.max_deliver, 5);
     assert_eq!(c.max_ack_pending, 16, "maxInFlight from the node");
     assert_eq!(c.ack_wait, Duration::from_secs(30));

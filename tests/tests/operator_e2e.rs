@@ -515,7 +515,7 @@ async fn examples_become_ready_with_the_jetstream_objects_they_ask_for() {
     let s = |n: &str| ours.get(n).unwrap_or_else(|| panic!("stream {n} missing: {:?}", ours.keys())).clone();
     let day = 86_400u64 * 1_000_000_000;
     let orders = s(&format!("CW_ES_{ns}_orders"));
-    assert_eq!(orders["subjects"], json!([format!("cw.{ns}.es.orders.>")]));
+    assert_eq!(orders["subjects"], json!([format!("cw.{ns}.es.orders.>"), format!("cw.{ns}.replay.es.orders.>")]));
     assert_eq!(orders["max_age"], json!(30 * day), "retention.maxAge 30d");
     assert_eq!(orders["max_bytes"], json!(1u64 << 30), "retention.maxBytes 1Gi");
     assert_eq!(orders["duplicate_window"], json!(120u64 * 1_000_000_000), "duplicateWindow 2m");
@@ -529,12 +529,22 @@ async fn examples_become_ready_with_the_jetstream_objects_they_ask_for() {
         "live announcements"
     );
     let dead = s(&format!("CW_ES_{ns}_dead-letters"));
-    assert_eq!(dead["subjects"], json!([format!("cw.{ns}.es.dead-letters.>")]));
+    assert_eq!(
+        dead["subjects"],
+        json!([format!("cw.{ns}.es.dead-letters.>"), format!("cw.{ns}.replay.es.dead-letters.>")])
+    );
     assert_eq!(dead["republish"]["dest"], json!(format!("cw.{ns}.live.dead-letters.>")));
     assert_eq!(dead["max_age"], json!(14 * day), "retention.maxAge 14d");
     for node in ["orders", "inventory", "shipping"] {
         let inbox = s(&format!("CW_IN_{ns}_{node}"));
-        assert_eq!(inbox["subjects"], json!([format!("cw.{ns}.to.{node}.>"), format!("cw.{ns}.in.{node}.>")]));
+        assert_eq!(
+            inbox["subjects"],
+            json!([
+                format!("cw.{ns}.to.{node}.>"),
+                format!("cw.{ns}.in.{node}.>"),
+                format!("cw.{ns}.replay.in.{node}.>")
+            ])
+        );
         assert_eq!(inbox["max_consumers"], json!(1000));
         s(&format!("KV_CW_ST_{ns}_{node}"));
     }
@@ -546,8 +556,12 @@ async fn examples_become_ready_with_the_jetstream_objects_they_ask_for() {
     assert_eq!(reserve["durable_name"], json!(format!("cw_{ns}_reserve-stock")));
     assert_eq!(
         reserve["filter_subjects"],
-        json!([format!("cw.{ns}.to.inventory.*.*.order-placed"), format!("cw.{ns}.in.inventory.order-placed")]),
-        "types, under both inbox layouts"
+        json!([
+            format!("cw.{ns}.to.inventory.*.*.order-placed"),
+            format!("cw.{ns}.in.inventory.order-placed"),
+            format!("cw.{ns}.replay.in.inventory.reserve-stock.>")
+        ]),
+        "types, under both inbox layouts, and its replayed dead letters"
     );
     assert_eq!(reserve["ack_wait"], json!(30u64 * 1_000_000_000), "the node's ackWait");
     assert_eq!(reserve["max_ack_pending"], json!(16), "the node's maxInFlight");
@@ -557,7 +571,11 @@ async fn examples_become_ready_with_the_jetstream_objects_they_ask_for() {
     let ship = c(&format!("CW_IN_{ns}_shipping/cw_{ns}_ship-order"));
     assert_eq!(
         ship["filter_subjects"],
-        json!([format!("cw.{ns}.to.shipping.*.*.stock-reserved"), format!("cw.{ns}.in.shipping.stock-reserved")])
+        json!([
+            format!("cw.{ns}.to.shipping.*.*.stock-reserved"),
+            format!("cw.{ns}.in.shipping.stock-reserved"),
+            format!("cw.{ns}.replay.in.shipping.ship-order.>")
+        ])
     );
     assert_eq!(ship["max_ack_pending"], json!(1), "ordered: one at a time");
     let history = c(&format!("CW_ES_{ns}_orders/cw_{ns}_order-history"));

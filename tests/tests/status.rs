@@ -328,7 +328,7 @@ async fn json_and_yaml_carry_the_documented_fields() {
     let node = item(&items, "Node", "inventory");
     assert_eq!(
         node["jetstream"],
-        json!({"inboxStream": "CW_IN_shop_inventory", "inboxSubjects": "cw.shop.to.inventory.>, cw.shop.in.inventory.>",
+        json!({"inboxStream": "CW_IN_shop_inventory", "inboxSubjects": "cw.shop.to.inventory.>, cw.shop.in.inventory.>, cw.shop.replay.in.inventory.>",
                "stateBucket": "CW_ST_shop_inventory", "globalBucket": "CW_GL_shop"})
     );
     assert_eq!(node["target"], "CW_IN_shop_inventory");

@@ -81,7 +81,7 @@ pub fn store_stream(rec: &StoreRecord) -> stream::Config {
     let s = &rec.spec;
     let mut c = base(
         rec.stream.clone(),
-        vec![naming::join_subject(&rec.subject_prefix, ">")],
+        naming::store_stream_subjects(&rec.meta.namespace, &rec.meta.name).into(),
         format!("Causeway EventStore {}/{}", rec.meta.namespace, rec.meta.name),
     );
     c = with_retention(c, &s.retention);

@@ -1,6 +1,7 @@
 //! One file per resource of the HTTP API (see docs/sidecar.md).
 
 pub mod acks;
+pub mod deadletters;
 pub mod health;
 pub mod kv;
 pub mod listeners;

@@ -53,6 +53,48 @@ const CAUSAL_HEADER_PATTERN: &str = "^[!-~]{1,128}$";
 /// An event id the client chooses.
 const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
 
+/// The listener path parameter and the dead-letter filters, plus `extra` of `replayed`, `after`,
+/// `limit` and `delete`.
+fn dead_letter_filters(extra: &[&str]) -> Value {
+    let mut v = vec![
+        path_param("listener", "Listener name", None),
+        query(
+            "since",
+            "Dead-lettered at or after: RFC 3339, or a duration ago (10m, 2h, 7d)",
+            json!({"type": "string"}),
+        ),
+        query("until", "Dead-lettered before: RFC 3339, or a duration ago", json!({"type": "string"})),
+        query("type", "Event types, comma-separated: exact, or prefix.*", json!({"type": "string"})),
+        query("error", "A substring of the error (case-insensitive)", json!({"type": "string"})),
+        query("status", "The app's HTTP status", json!({"type": "integer", "minimum": 100, "maximum": 599})),
+    ];
+    for e in extra {
+        v.push(match *e {
+            "replayed" => query(
+                "replayed",
+                "true: only replayed ones; false: only those not replayed yet",
+                json!({"type": "boolean"}),
+            ),
+            "after" => query(
+                "after",
+                "Only dead letters after this sequence (page on with lastSequence)",
+                json!({"type": "integer", "minimum": 0}),
+            ),
+            "limit" => query(
+                "limit",
+                "At most this many (default 100)",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+            ),
+            _ => query(
+                "delete",
+                "Delete each dead letter once replayed (default: keep it, marked)",
+                json!({"type": "boolean"}),
+            ),
+        });
+    }
+    Value::Array(v)
+}
+
 /// Answers every `/v1` route can give: bad input, refused browsers, slow bodies, temporary
 /// trouble (503 and 504 with Retry-After).
 fn add_common_answers(doc: &mut Value) {
@@ -253,6 +295,49 @@ fn build_paths() -> Value {
                                   "404": err("Unknown listener"), "409": err("Not a pull listener")}
                 }
             },
+            "/v1/listeners/{listener}/deadletters": {
+                "get": {
+                    "summary": "This listener's dead letters, oldest first, with the error and whether each was replayed",
+                    "parameters": dead_letter_filters(&["replayed", "after", "limit"]),
+                    "responses": {"200": ok_json("Dead letters; sequence is each one's sequence in the dead-letter store, its id here", json!({"type": "object", "properties": {
+                                      "deadLetters": {"type": "array", "items": {"$ref": "#/components/schemas/DeadLetter"}},
+                                      "store": {"type": "string"}, "subject": {"type": "string"},
+                                      "lastSequence": {"type": "integer"}, "more": {"type": "boolean"}}})),
+                                  "404": err("unknown_listener"), "409": err("no_dead_letter: the listener has no deadLetter")}
+                }
+            },
+            "/v1/listeners/{listener}/deadletters/replay": {
+                "post": {
+                    "summary": "Replay every selected dead letter not replayed yet into the listener's source, for this listener only",
+                    "parameters": dead_letter_filters(&["after", "limit", "delete"]),
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {}}}},
+                    "responses": {"200": ok_json("What was replayed; notReplayable lists dead letters a replay cannot fix (forged sender, undecodable)", json!({"type": "object", "properties": {
+                                      "replayed": {"type": "array", "items": {"$ref": "#/components/schemas/Replayed"}},
+                                      "notReplayable": {"type": "array", "items": {"$ref": "#/components/schemas/Skipped"}},
+                                      "more": {"type": "boolean"}}})),
+                                  "404": err("unknown_listener"), "409": err("no_dead_letter, or not_replayable: the listener's record predates replay")}
+                }
+            },
+            "/v1/listeners/{listener}/deadletters/{id}": {
+                "get": {
+                    "summary": "One dead letter, whole: the event, its error (deadLetter), its causal context, and replayed",
+                    "parameters": [path_param("listener", "Listener name", None), path_param("id", "The dead letter's sequence in the dead-letter store, or an event id (its latest dead letter)", None)],
+                    "responses": {"200": ok_json("The dead letter", json!({"$ref": "#/components/schemas/DeadLetter"})),
+                                  "404": err("unknown_listener or unknown_dead_letter"), "409": err("no_dead_letter")}
+                }
+            },
+            "/v1/listeners/{listener}/deadletters/{id}/replay": {
+                "post": {
+                    "summary": "Replay one dead letter: its event, with its id and causal context and replayOf, is delivered again to this listener only",
+                    "parameters": [path_param("listener", "Listener name", None), path_param("id", "The dead letter's sequence, or an event id", None),
+                                   query("delete", "Delete the dead letter once replayed (default: keep it, marked)", json!({"type": "boolean"}))],
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {}}}},
+                    "responses": {"202": ok_json("Replayed now", json!({"$ref": "#/components/schemas/Replayed"})),
+                                  "200": ok_json("Replayed before: nothing was published again", json!({"$ref": "#/components/schemas/Replayed"})),
+                                  "404": err("unknown_listener or unknown_dead_letter"),
+                                  "409": err("no_dead_letter, or not_replayable (forged sender, undecodable bytes)")}
+                }
+            },
             "/v1/acks": {
                 "post": {
                     "summary": "Ack, nak or term fetched events",
@@ -277,6 +362,22 @@ fn build_paths() -> Value {
                 "revision": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "string"}},
                 "allowed": {"type": "array", "items": {"type": "string"}}, "unknown": {"type": "array", "items": {"type": "string"}},
                 "stream": {"type": "string"}, "subject": {"type": "string"}, "sequence": {"type": "integer"}}},
+            "DeadLetter": {"type": "object", "description": "A dead-lettered event as the app would see it; stream and sequence name the dead letter", "properties": {
+                "id": {"type": "string"}, "type": {"type": "string"}, "payload": {}, "subject": {"type": "string"},
+                "time": {"type": "string"}, "sender": {"type": "string"}, "causationId": {"type": "string"},
+                "correlationId": {"type": "string"}, "path": {"type": "array"}, "lamport": {"type": "integer"},
+                "stream": {"type": "string"}, "sequence": {"type": "integer"},
+                "deadLetter": {"type": "object", "properties": {"listener": {"type": "string"}, "stream": {"type": "string"},
+                    "sequence": {"type": "integer"}, "attempts": {"type": "integer"}, "status": {"type": "integer"},
+                    "error": {"type": "string"}, "time": {"type": "string"}}},
+                "replayOf": {"$ref": "#/components/schemas/ReplayOf"},
+                "replayed": {"nullable": true, "type": "object", "properties": {"stream": {"type": "string"}, "sequence": {"type": "integer"},
+                    "time": {"type": "string"}, "by": {"type": "string"}, "count": {"type": "integer"}}}}},
+            "ReplayOf": {"type": "object", "description": "On a replayed event: the dead letter it came from and the event's replay count", "properties": {
+                "stream": {"type": "string"}, "sequence": {"type": "integer"}, "count": {"type": "integer"}, "time": {"type": "string"}}},
+            "Replayed": {"type": "object", "properties": {
+                "deadLetter": {"type": "integer"}, "id": {"type": "string"}, "stream": {"type": "string"},
+                "sequence": {"type": "integer"}, "alreadyReplayed": {"type": "boolean"}, "deleted": {"type": "boolean"}}},
             "EventInput": {"type": "object", "required": ["type"], "additionalProperties": false, "properties": {
                 "type": {"type": "string", "pattern": causeway_api::names::TOKEN_PATH_PATTERN, "maxLength": 256},
                 "payload": {},
@@ -326,6 +427,10 @@ mod tests {
             "/v1/state/{key}",
             "/v1/listeners",
             "/v1/listeners/{listener}/fetch",
+            "/v1/listeners/{listener}/deadletters",
+            "/v1/listeners/{listener}/deadletters/replay",
+            "/v1/listeners/{listener}/deadletters/{id}",
+            "/v1/listeners/{listener}/deadletters/{id}/replay",
             "/v1/acks",
             "/healthz",
             "/readyz",

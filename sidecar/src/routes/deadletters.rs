@@ -1,0 +1,219 @@
+//! `/v1/listeners/{l}/deadletters`: list, show and replay the dead letters of one of this
+//! node's listeners, and the `deadLetter.autoReplay` task. The work is in
+//! [`crate::deadletters`]; only this node's own listeners are served (a Listener is what grants
+//! its node its dead letters, whatever the access policy says about the store).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use causeway_api::registry::ListenerRecord;
+use chrono::Utc;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    conditional::{Conditions, Support},
+    deadletters::{self as dl, Entry, Filter},
+    error::{Error, Result},
+    http::{Query, Resp, json},
+    state::State,
+};
+
+/// Most dead letters one list or replay answers.
+pub const MAX_LIMIT: u64 = 1000;
+const LIST_PARAMS: &[&str] = &["since", "until", "type", "error", "status", "replayed", "after", "limit"];
+const REPLAY_PARAMS: &[&str] = &["since", "until", "type", "error", "status", "after", "limit", "delete"];
+const ONE_REPLAY_PARAMS: &[&str] = &["delete"];
+
+fn filter(q: &Query) -> Result<Filter> {
+    let now = Utc::now();
+    let time = |k: &str| q.get(k).map(|v| dl::parse_time(v, now).map_err(|e| Error::InvalidQuery(format!("{k}: {e}"))));
+    let types = match q.get("type") {
+        None => vec![],
+        Some(t) => t
+            .split(',')
+            .map(|t| {
+                let t = t.trim();
+                causeway_api::names::validate_type_pattern(t)
+                    .map(|()| t.to_owned())
+                    .map_err(|e| Error::InvalidQuery(format!("type: {e}")))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let status = match q.u64("status")? {
+        Some(s) if (100..=599).contains(&s) => Some(s as u16),
+        Some(s) => return Err(Error::InvalidQuery(format!("status {s} is not an HTTP status"))),
+        None => None,
+    };
+    Ok(Filter {
+        since: time("since").transpose()?,
+        until: time("until").transpose()?,
+        types,
+        error: q.get("error").map(str::to_owned),
+        status,
+        replayed: q.bool("replayed")?,
+    })
+}
+
+fn limit(q: &Query) -> Result<usize> {
+    match q.u64("limit")?.unwrap_or(100) {
+        0 => Err(Error::InvalidQuery(format!("limit must be between 1 and {MAX_LIMIT}"))),
+        n if n > MAX_LIMIT => Err(Error::InvalidQuery(format!("limit must be between 1 and {MAX_LIMIT}"))),
+        n => Ok(n as usize),
+    }
+}
+
+async fn listener(state: &State, name: &str) -> Result<Arc<ListenerRecord>> {
+    let l = state.registry.own_listener(name)?;
+    dl::dead_letter_of(&l)?;
+    state.link.connected(state.config.nats_wait).await?;
+    Ok(l)
+}
+
+/// Puts a blob-held payload back, so the answer shows what the app would see.
+async fn resolve(state: &State, e: &mut Entry) {
+    if let Some(r) = e.envelope.blob.clone()
+        && let Ok(b) = state.blobs.fetch(&r).await
+        && let Ok(v) = rmp_serde::from_slice(&b)
+    {
+        e.envelope.payload = v;
+        e.envelope.blob = None;
+    }
+}
+
+fn by(state: &State, how: &str) -> String {
+    format!("{} {how}", state.sender())
+}
+
+/// `GET /v1/listeners/{l}/deadletters`.
+pub async fn list(state: &State, name: &str, req: &http::Request<hyper::body::Incoming>) -> Result<Resp> {
+    let q = Query::parse(req.uri().query(), LIST_PARAMS)?;
+    Conditions::parse(req.headers(), Support::None, "the dead-letter list takes no condition")?;
+    let (f, limit, after) = (filter(&q)?, limit(&q)?, q.u64("after")?.unwrap_or(0));
+    let l = listener(state, name).await?;
+    let d = dl::dead_letter_of(&l)?;
+    let mut page = dl::scan(&state.client, &l, &f, after, limit).await?;
+    let mut out = Vec::with_capacity(page.entries.len());
+    for e in &mut page.entries {
+        resolve(state, e).await;
+        out.push(e.view(&d.stream));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({"deadLetters": out, "store": d.store, "subject": d.subject, "lastSequence": page.last_sequence, "more": page.more}),
+    ))
+}
+
+/// `GET /v1/listeners/{l}/deadletters/{id}`.
+pub async fn show(state: &State, name: &str, id: &str, req: &http::Request<hyper::body::Incoming>) -> Result<Resp> {
+    Query::parse(req.uri().query(), &[])?;
+    Conditions::parse(req.headers(), Support::None, "a dead letter takes no condition")?;
+    let l = listener(state, name).await?;
+    let mut e = dl::get(&state.client, &l, id).await?;
+    resolve(state, &mut e).await;
+    Ok(json(StatusCode::OK, &e.view(&dl::dead_letter_of(&l)?.stream)))
+}
+
+/// `POST /v1/listeners/{l}/deadletters/{id}/replay[?delete=true]`: 202 when replayed now, 200
+/// when it had been replayed before (nothing published again).
+pub async fn replay_one(
+    state: &State,
+    name: &str,
+    id: &str,
+    req: &http::Request<hyper::body::Incoming>,
+) -> Result<Resp> {
+    let q = Query::parse(req.uri().query(), ONE_REPLAY_PARAMS)?;
+    Conditions::parse(req.headers(), Support::None, "a replay takes no condition")?;
+    let delete = q.bool("delete")?.unwrap_or(false);
+    let l = listener(state, name).await?;
+    let e = dl::get(&state.client, &l, id).await?;
+    let r = dl::replay(&state.client, &l, &e, &by(state, "API"), delete).await?;
+    let status = if r.already_replayed { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok(json(status, &r))
+}
+
+/// `POST /v1/listeners/{l}/deadletters/replay?filters`: replays every selected dead letter not
+/// replayed yet.
+pub async fn replay_many(state: &State, name: &str, req: &http::Request<hyper::body::Incoming>) -> Result<Resp> {
+    let q = Query::parse(req.uri().query(), REPLAY_PARAMS)?;
+    Conditions::parse(req.headers(), Support::None, "a replay takes no condition")?;
+    let (f, limit, after) = (filter(&q)?, limit(&q)?, q.u64("after")?.unwrap_or(0));
+    let delete = q.bool("delete")?.unwrap_or(false);
+    let l = listener(state, name).await?;
+    let (done, refused, more) =
+        dl::replay_matching(&state.client, &l, &f, after, limit, &by(state, "API"), delete).await?;
+    let refused: Vec<Value> = refused.into_iter().map(|(s, e)| json!({"sequence": s, "error": e})).collect();
+    Ok(json(StatusCode::OK, &json!({"replayed": done, "notReplayable": refused, "more": more})))
+}
+
+/// Replays the dead letters of this node's listeners that have `deadLetter.autoReplay`, once
+/// they are `after` old, while the event has been replayed fewer than `max` times. Every
+/// replica of the node runs it; a dead letter two replicas replay at once is stored once (the
+/// replay's message id) and marked by both.
+pub async fn auto_replay(state: Arc<State>) {
+    let mut shutdown = state.shutdown.clone();
+    // Per listener: the record it was started with, and the first sequence not settled yet
+    // (everything before is replayed, capped or not replayable).
+    let mut cursors: HashMap<String, (Arc<ListenerRecord>, u64)> = HashMap::new();
+    loop {
+        let mut tick = Duration::from_secs(5);
+        if state.registry.is_synced() && state.nats_connected() {
+            for l in state.registry.own_listeners() {
+                let Some(auto) = l.spec.dead_letter.as_ref().and_then(|d| d.auto_replay.clone()) else { continue };
+                let after = auto.after.get();
+                tick = tick.min((after / 4).max(Duration::from_millis(250)));
+                let name = l.meta.name.to_string();
+                let from = match cursors.get(&name) {
+                    Some((rec, from)) if *rec == l => *from,
+                    _ => 0,
+                };
+                match settle(&state, &l, from, after, auto.max).await {
+                    Ok(next) => {
+                        cursors.insert(name, (l, next));
+                    }
+                    Err(e) => tracing::warn!(listener = %name, error = %e, "auto-replay failed; trying again"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = crate::flag::until_true(&mut shutdown) => return,
+        }
+    }
+}
+
+/// One auto-replay pass from sequence `from`; returns the new cursor.
+async fn settle(state: &State, l: &ListenerRecord, from: u64, after: Duration, max: u32) -> Result<u64> {
+    let page = dl::scan(&state.client, l, &Filter::default(), from.saturating_sub(1), usize::MAX).await?;
+    let mut cursor = page.last_sequence + 1;
+    let now = Utc::now();
+    let mut waiting = false;
+    for e in page.entries {
+        let settled = e.replayed.is_some() || e.not_replayable().is_some() || e.replays() >= max;
+        if settled {
+            continue;
+        }
+        let at = e.envelope.dead_letter.as_ref().and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.time).ok());
+        let due =
+            at.is_none_or(|t| now.signed_duration_since(t.with_timezone(&Utc)).to_std().is_ok_and(|age| age >= after));
+        if !due {
+            if !waiting {
+                cursor = e.sequence;
+                waiting = true;
+            }
+            continue;
+        }
+        match dl::replay(&state.client, l, &e, &by(state, "autoReplay"), false).await {
+            Ok(r) => {
+                tracing::info!(listener = %l.meta.name, dead_letter = r.dead_letter, id = %r.id, sequence = r.sequence, "auto-replayed a dead letter")
+            }
+            Err(err) => {
+                if !waiting {
+                    cursor = e.sequence;
+                    waiting = true;
+                }
+                tracing::warn!(listener = %l.meta.name, dead_letter = e.sequence, error = %err, "auto-replay of a dead letter failed");
+            }
+        }
+    }
+    Ok(cursor)
+}
