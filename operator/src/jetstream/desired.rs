@@ -186,8 +186,10 @@ pub fn blob_store(ns: &DnsLabel, replicas: usize) -> stream::Config {
 
 /// How long the trace stream keeps causal metadata, and how much of it.
 pub const TRACE_MAX_AGE: StdDuration = StdDuration::from_secs(24 * 3600);
-/// See [`TRACE_MAX_AGE`]; the oldest records go first.
-pub const TRACE_MAX_BYTES: i64 = 512 * 1024 * 1024;
+/// See [`TRACE_MAX_AGE`]; the oldest records go first. A cap on records, not bytes: JetStream
+/// reserves a stream's `max_bytes` against the server's storage up front, which would cost every
+/// namespace that much disk before it traced anything.
+pub const TRACE_MAX_RECORDS: i64 = 1_000_000;
 
 /// The trace stream of a namespace (created with its first Node or EventStore): causal
 /// metadata only, one small record per stored event and delivery outcome, read per correlation
@@ -201,7 +203,7 @@ pub fn trace_stream(ns: &DnsLabel, replicas: usize) -> stream::Config {
     c.storage = StorageType::File;
     c.num_replicas = replicas;
     c.max_age = TRACE_MAX_AGE;
-    c.max_bytes = TRACE_MAX_BYTES;
+    c.max_messages = TRACE_MAX_RECORDS;
     c.discard = DiscardPolicy::Old;
     c.duplicate_window = window(DEFAULT_DUPLICATE_WINDOW, c.max_age);
     c
