@@ -303,6 +303,10 @@ pub struct EventStoreSpec {
     /// Retain (default) keeps the stream when the EventStore is deleted; Delete removes it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// JSON Schemas of event types appended to this store: the sidecar refuses an event of such
+    /// a type whose payload fails its schema (422). Types without a schema are not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::schema::EventSchema>,
 }
 
 /// Observed state of an EventStore.
@@ -386,6 +390,10 @@ pub struct NodeSpec {
     /// sidecars always, and by NATS where node credentials are issued.
     #[serde(default, skip_serializing_if = "NodeAccess::is_default")]
     pub access: NodeAccess,
+    /// JSON Schemas of event types sent to this node: the sender's sidecar refuses an event of
+    /// such a type whose payload fails its schema (422). Types without a schema are not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::schema::EventSchema>,
 }
 
 /// A node's access policy. Each entry is a name of this namespace, '*' (every one of this

@@ -58,6 +58,7 @@ fn envelope(ty: &str, payload: serde_json::Value) -> Envelope {
         lamport: 1,
         blob: None,
         dead_letter: None,
+        schema_version: None,
         extensions: Default::default(),
     }
 }

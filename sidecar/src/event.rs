@@ -355,6 +355,7 @@ pub fn build(
         lamport: clock.tick(),
         blob: None,
         dead_letter: None,
+        schema_version: None,
         extensions: d.extensions,
     }
 }

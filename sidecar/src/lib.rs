@@ -8,6 +8,7 @@
 //!   NATS credential, reloaded when it changes;
 //! - [`conditional`]: RFC 9110 conditional requests; [`acktoken`]: signed ack tokens;
 //! - [`push`]: push delivery to the app; [`access`]: the node's access policy;
+//! - [`schemas`]: typed events, checked against their JSON Schemas;
 //! - [`metrics`], [`error`], [`http`], [`state`]: the plumbing.
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod publish;
 pub mod push;
 pub mod registry;
 pub mod routes;
+pub mod schemas;
 pub mod server;
 pub mod state;
 

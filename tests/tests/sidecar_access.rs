@@ -195,6 +195,7 @@ fn envelope(id: &str, sender: &str, event_type: &str, lamport: u64) -> Envelope 
         lamport,
         blob: None,
         dead_letter: None,
+        schema_version: None,
         extensions: Default::default(),
     }
 }
