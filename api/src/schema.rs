@@ -126,7 +126,11 @@ pub struct Narrowing {
 impl fmt::Display for Narrowing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let at = if self.pointer.is_empty() { "(the payload)" } else { &self.pointer };
-        write!(f, "event {} at {} sequence {} fails it at {at}: {}", self.id, self.stream, self.sequence, self.message)?;
+        write!(
+            f,
+            "event {} at {} sequence {} fails it at {at}: {}",
+            self.id, self.stream, self.sequence, self.message
+        )?;
         if let Some(v) = self.stored_version {
             write!(f, " (it was stored under version {v})")?;
         }
@@ -151,7 +155,11 @@ pub fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
     }
     jsonschema::validator_for(schema).map_err(|e| {
         let at = e.instance_path().to_string();
-        if at.is_empty() { format!("not a valid JSON Schema: {e}") } else { format!("not a valid JSON Schema at {at}: {e}") }
+        if at.is_empty() {
+            format!("not a valid JSON Schema: {e}")
+        } else {
+            format!("not a valid JSON Schema at {at}: {e}")
+        }
     })
 }
 
@@ -277,7 +285,11 @@ impl CompiledSchemas {
         if validator.is_valid(payload) {
             return Ok(Some(*version));
         }
-        Err(Refusal { event_type: event_type.to_owned(), version: *version, violations: violations(validator, payload) })
+        Err(Refusal {
+            event_type: event_type.to_owned(),
+            version: *version,
+            violations: violations(validator, payload),
+        })
     }
 }
 
@@ -287,7 +299,13 @@ mod tests {
     use serde_json::json;
 
     fn resolved(t: &str, v: u32, schema: Value) -> ResolvedSchema {
-        ResolvedSchema { event_type: EventType::new(t).unwrap(), version: v, schema, config_map_ref: None, narrowed: None }
+        ResolvedSchema {
+            event_type: EventType::new(t).unwrap(),
+            version: v,
+            schema,
+            config_map_ref: None,
+            narrowed: None,
+        }
     }
 
     #[test]

@@ -324,9 +324,7 @@ impl Error {
                 m.insert("revision".into(), json!(r));
             }
             Error::SchemaViolation { failures, .. } => {
-                let one = |i: &usize, r: &causeway_api::schema::Refusal| {
-                    json!({"index": i, "type": r.event_type, "schemaVersion": r.version, "violations": r.violations})
-                };
+                let one = |i: &usize, r: &causeway_api::schema::Refusal| json!({"index": i, "type": r.event_type, "schemaVersion": r.version, "violations": r.violations});
                 if let Some((_, first)) = failures.first() {
                     m.insert("type".into(), json!(first.event_type));
                     m.insert("schemaVersion".into(), json!(first.version));
@@ -346,7 +344,8 @@ fn schema_message(failures: &[(usize, causeway_api::schema::Refusal)], batch: bo
     let at = first.map(|v| if v.pointer.is_empty() { "the payload".to_owned() } else { v.pointer.clone() });
     let what = first.map(|v| v.message.as_str()).unwrap_or("invalid");
     let which = if batch { format!("event {i} of the batch") } else { "the event".to_owned() };
-    let more = if failures.len() > 1 { format!(" ({} events fail; see failures)", failures.len()) } else { String::new() };
+    let more =
+        if failures.len() > 1 { format!(" ({} events fail; see failures)", failures.len()) } else { String::new() };
     let nothing = if batch { "nothing of the batch was stored" } else { "nothing was stored" };
     format!(
         "{which} (type {}) fails schema version {} at {}: {what}{more}; {nothing}: fix the payload, or the schema in spec.schemas",

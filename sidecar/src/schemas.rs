@@ -10,6 +10,7 @@ use std::{
 };
 
 use causeway_api::{
+    Kind, naming,
     registry::{NodeRecord, StoreRecord},
     schema::{CompiledSchemas, ResolvedSchema},
 };
@@ -57,7 +58,9 @@ impl SchemaCache {
         if r.schemas.is_empty() {
             return None;
         }
-        Some(self.get(format!("{}.es.{}", r.meta.namespace, r.meta.name), Holder::Store(r.clone())))
+        Some(
+            self.get(naming::registry_key(&r.meta.namespace, Kind::EventStore, &r.meta.name), Holder::Store(r.clone())),
+        )
     }
 
     /// The compiled schemas of a node (`None`: it has none).
@@ -65,7 +68,7 @@ impl SchemaCache {
         if r.schemas.is_empty() {
             return None;
         }
-        Some(self.get(format!("{}.node.{}", r.meta.namespace, r.meta.name), Holder::Node(r.clone())))
+        Some(self.get(naming::registry_key(&r.meta.namespace, Kind::Node, &r.meta.name), Holder::Node(r.clone())))
     }
 
     fn get(&self, key: String, holder: Holder) -> Arc<CompiledSchemas> {

@@ -273,7 +273,11 @@ impl SchemaCheck {
     /// The `SchemasCompatible` condition: (status, reason, message).
     pub fn condition(&self) -> (bool, &'static str, String) {
         if self.narrowed.is_empty() {
-            (true, reason::SCHEMAS_ACCEPT_STORED, format!("{} schema(s); no sampled stored event is rejected", self.types))
+            (
+                true,
+                reason::SCHEMAS_ACCEPT_STORED,
+                format!("{} schema(s); no sampled stored event is rejected", self.types),
+            )
         } else {
             (
                 false,

@@ -119,12 +119,7 @@ pub fn carry_over(previous: &[ResolvedSchema], schemas: &mut [ResolvedSchema]) -
 
 /// Checks the schemas at `changed` against `events` (sequence, envelope), oldest first: the
 /// first event of each type its schema rejects is recorded in `narrowed`.
-pub fn find_narrowing(
-    stream: &str,
-    events: &[(u64, Envelope)],
-    schemas: &mut [ResolvedSchema],
-    changed: &[usize],
-) {
+pub fn find_narrowing(stream: &str, events: &[(u64, Envelope)], schemas: &mut [ResolvedSchema], changed: &[usize]) {
     for &i in changed {
         let s = &mut schemas[i];
         let Ok(validator) = schema::compile(&s.schema) else { continue };
