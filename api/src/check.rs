@@ -44,6 +44,7 @@ pub fn check_store(spec: &EventStoreSpec) -> Vec<FieldError> {
     if spec.compression == Compression::S2 && spec.storage == StorageType::Memory {
         errs.push(FieldError::new("spec.compression", "s2 compression needs file storage: use compression: none"));
     }
+    errs.extend(crate::schema::check_specs(&spec.schemas));
     errs
 }
 
@@ -56,6 +57,7 @@ pub fn check_node(spec: &NodeSpec) -> Vec<FieldError> {
     if spec.delivery.ack_wait.is_zero() {
         errs.push(FieldError::new("spec.delivery.ackWait", "ackWait must be longer than 0s, e.g. 30s"));
     }
+    errs.extend(crate::schema::check_specs(&spec.schemas));
     errs
 }
 

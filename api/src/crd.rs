@@ -303,6 +303,10 @@ pub struct EventStoreSpec {
     /// Retain (default) keeps the stream when the EventStore is deleted; Delete removes it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// JSON Schemas of event types appended to this store: the sidecar refuses an event of such
+    /// a type whose payload fails its schema (422). Types without a schema are not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::schema::EventSchema>,
 }
 
 /// Observed state of an EventStore.
@@ -391,6 +395,10 @@ pub struct NodeSpec {
     /// and `GET /v1/traces/{correlationId}`. On unless turned off.
     #[serde(default, skip_serializing_if = "TraceSpec::is_default")]
     pub trace: TraceSpec,
+    /// JSON Schemas of event types sent to this node: the sender's sidecar refuses an event of
+    /// such a type whose payload fails its schema (422). Types without a schema are not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::schema::EventSchema>,
 }
 
 /// A node's tracing.

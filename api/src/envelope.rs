@@ -50,6 +50,10 @@ pub struct Envelope {
     /// by name, and unknown ones are ignored), so older sidecars still decode replayed events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<ReplayOf>,
+    /// The version of its type's schema the payload was checked against when it was written
+    /// (absent: the type had no schema, or a Causeway before typed events wrote it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
     /// CloudEvents attributes that have no field of their own (`source`, extensions…).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extensions: serde_json::Map<String, serde_json::Value>,

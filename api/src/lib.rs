@@ -9,7 +9,8 @@
 //! - [`check`]: rules relating two spec fields;
 //! - [`registry`]: the resolved records sidecars read from `CW_REGISTRY`;
 //! - [`creds`]: the NATS `.creds` file and the claims of a user JWT;
-//! - [`grants`]: what a Node's NATS credential may publish and subscribe to.
+//! - [`grants`]: what a Node's NATS credential may publish and subscribe to;
+//! - [`schema`]: optional JSON Schemas per event type (typed events).
 //!
 //! Pure: no I/O.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod names;
 pub mod naming;
 pub mod quantity;
 pub mod registry;
+pub mod schema;
 pub mod trace;
 
 pub use names::DnsLabel;

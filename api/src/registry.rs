@@ -10,6 +10,7 @@ use crate::{
     names::{DnsLabel, is_wildcard},
     naming::{self, Kind},
     quantity::Duration,
+    schema::ResolvedSchema,
 };
 
 /// Who wrote a record: the Kubernetes operator or `causeway apply`.
@@ -94,6 +95,9 @@ pub struct StoreRecord {
     pub subject_prefix: String,
     /// The spec it was resolved from.
     pub spec: EventStoreSpec,
+    /// JSON Schemas of event types appended here, resolved (inline or from ConfigMaps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<ResolvedSchema>,
 }
 
 impl StoreRecord {
@@ -103,6 +107,7 @@ impl StoreRecord {
             stream: naming::store_stream(&meta.namespace, &meta.name),
             subject_prefix: naming::store_subject_prefix(&meta.namespace, &meta.name),
             spec: spec.clone(),
+            schemas: Vec::new(),
             meta,
         }
     }
@@ -131,6 +136,9 @@ pub struct NodeRecord {
     /// How this node's sidecars authenticate to NATS, as the writer of this record knows it.
     #[serde(default, skip_serializing_if = "NodeCredentials::is_shared")]
     pub credentials: NodeCredentials,
+    /// JSON Schemas of event types sent to this node, resolved (inline or from ConfigMaps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<ResolvedSchema>,
 }
 
 /// How a node's sidecars authenticate to NATS.
@@ -174,6 +182,7 @@ impl NodeRecord {
             app: spec.app.clone(),
             spec: spec.clone(),
             credentials: NodeCredentials::Shared,
+            schemas: Vec::new(),
             meta,
         }
     }
@@ -458,6 +467,7 @@ mod tests {
             blob: None,
             dead_letter: None,
             replay_of: None,
+            schema_version: None,
             extensions: Default::default(),
         }
     }

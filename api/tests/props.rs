@@ -82,7 +82,7 @@ proptest! {
         let e = Envelope {
             id, event_type: ty, payload, subject, time: "2026-11-25T12:00:00.000Z".into(), sender,
             causation_id: cause, correlation_id: "c".into(), path: hops.into_iter().map(|(a, b)| [a, b]).collect(),
-            lamport, blob: None, dead_letter: None, replay_of: None, extensions: Default::default(),
+            lamport, blob: None, dead_letter: None, replay_of: None, schema_version: None, extensions: Default::default(),
         };
         let bytes = e.encode();
         prop_assert_eq!(Envelope::decode(&bytes).unwrap(), e);
@@ -132,6 +132,7 @@ fn payload_is_native_messagepack_not_a_json_string() {
         blob: None,
         dead_letter: None,
         replay_of: None,
+        schema_version: None,
         extensions: Default::default(),
     };
     let v: rmpv::Value = rmp_serde::from_slice(&e.encode()).unwrap();

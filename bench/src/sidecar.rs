@@ -59,6 +59,7 @@ fn envelope(ty: &str, payload: serde_json::Value) -> Envelope {
         blob: None,
         dead_letter: None,
         replay_of: None,
+        schema_version: None,
         extensions: Default::default(),
     }
 }

@@ -54,7 +54,7 @@ pub struct ApplyArgs {
 /// Validates everything (each document, then the rules between objects), then applies,
 /// printing each object's line as soon as it is done.
 pub async fn run(a: ApplyArgs) -> ExitCode {
-    let manifest::Manifests { objects, errors: errs, skipped } = manifest::load_all(&a.paths);
+    let manifest::Manifests { objects, errors: errs, skipped, .. } = manifest::load_all(&a.paths);
     for s in &skipped {
         eprintln!("skipped {s}: not a Causeway resource (apply it with kubectl)");
     }

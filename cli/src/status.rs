@@ -456,12 +456,16 @@ async fn registry_keys(js: &jetstream::Context) -> Result<Option<Vec<String>>, S
 
 /// The object a record was reconciled from.
 fn object_of(r: &Record) -> Object {
-    let spec = match r {
-        Record::EventStore(s) => Spec::EventStore(s.spec.clone()),
-        Record::Node(n) => Spec::Node(n.spec.clone()),
-        Record::Listener(l) => Spec::Listener(l.spec.clone()),
+    let (spec, schemas) = match r {
+        Record::EventStore(s) => (Spec::EventStore(s.spec.clone()), s.schemas.as_slice()),
+        Record::Node(n) => (Spec::Node(n.spec.clone()), n.schemas.as_slice()),
+        Record::Listener(l) => (Spec::Listener(l.spec.clone()), &[][..]),
     };
-    Object { meta: r.meta().clone(), spec }
+    // The ConfigMaps as they were when the record was written: status compares JetStream with
+    // the record, not with ConfigMaps it cannot read.
+    let mut o = Object::new(r.meta().clone(), spec);
+    o.config_maps = causeway_operator::jetstream::schemas::config_maps_of(schemas);
+    o
 }
 
 /// The resolved names of a record, in the status's field names.

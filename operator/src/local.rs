@@ -85,6 +85,13 @@ impl fmt::Display for Line {
             }
             LineResult::Failed(e) => write!(f, "{} error: NatsError: {e}", self.object)?,
         }
+        if let LineResult::Applied(o) = &self.result
+            && let Some(check) = &o.schemas
+            && !check.narrowed.is_empty()
+        {
+            let (_, reason, message) = check.condition();
+            write!(f, "\n    warning: {reason}: {message}")?;
+        }
         if self.dry_run
             && let LineResult::Applied(o) = &self.result
         {

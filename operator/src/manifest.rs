@@ -127,6 +127,9 @@ pub struct Manifests {
     /// Documents of built-in Kubernetes kinds (a Deployment, a Namespace…) that are not ours and
     /// were passed over: `Kind namespace/name (file)`. `kubectl apply` takes those.
     pub skipped: Vec<String>,
+    /// The data of the ConfigMaps among them, by namespace and name: where `configMapRef`
+    /// schemas are read from (`causeway apply` has no API server to read them from).
+    pub config_maps: BTreeMap<(String, String), BTreeMap<String, String>>,
 }
 
 /// True for an `apiVersion` of Kubernetes itself (`v1`, `apps/v1`, `*.k8s.io/…`): a document that
@@ -154,6 +157,7 @@ pub fn load_all(paths: &[PathBuf]) -> Manifests {
     let mut objects = Vec::new();
     let mut errs = Vec::new();
     let mut skipped = Vec::new();
+    let mut config_maps = BTreeMap::new();
     for f in files {
         let name = f.display().to_string();
         let text = if f.as_os_str() == "-" {
@@ -178,9 +182,46 @@ pub fn load_all(paths: &[PathBuf]) -> Manifests {
         objects.extend(m.objects);
         errs.extend(m.errors);
         skipped.extend(m.skipped);
+        config_maps.extend(m.config_maps);
     }
     check_duplicates(&objects, &mut errs);
-    Manifests { objects, errors: errs, skipped }
+    let mut m = Manifests { objects, errors: errs, skipped, config_maps };
+    attach_config_maps(&mut m);
+    m
+}
+
+/// Hands every object the ConfigMaps its `spec.schemas` refer to, from the same batch, and
+/// checks the schemas they hold: a ConfigMap that is not in the batch, a missing key or a value
+/// that is not a valid JSON Schema is a problem of the object's document (nothing is applied).
+pub fn attach_config_maps(m: &mut Manifests) {
+    for l in &mut m.objects {
+        let ns = l.object.meta.namespace.to_string();
+        let mut data = crate::jetstream::schemas::ConfigMaps::new();
+        for s in l.object.schema_specs() {
+            if let Some(r) = &s.config_map_ref
+                && let Some(d) = m.config_maps.get(&(ns.clone(), r.name.clone()))
+            {
+                data.insert(r.name.clone(), d.clone());
+            }
+        }
+        if let Err((_, message)) = crate::jetstream::schemas::resolve(l.object.schema_specs(), &data, &ns) {
+            let message = if message.contains("does not exist") {
+                format!(
+                    "{message}. causeway apply reads ConfigMaps from the manifests it is given: add the ConfigMap's manifest to this apply"
+                )
+            } else {
+                message
+            };
+            m.errors.push(ManifestError {
+                file: l.file.clone(),
+                document: l.document,
+                object: Some(l.object.display()),
+                field: Some("spec.schemas".into()),
+                message,
+            });
+        }
+        l.object.config_maps = data;
+    }
 }
 
 fn check_duplicates(objects: &[Loaded], errs: &mut Vec<ManifestError>) {
@@ -254,7 +295,8 @@ pub fn listener_against_node(meta: &Meta, spec: &ListenerSpec, node: &NodeSpec) 
 
 /// Parses one file's text (YAML, one or more documents; JSON is YAML too).
 pub fn parse_str(text: &str, file: &str) -> (Vec<Loaded>, Vec<ManifestError>) {
-    let m = parse_str_all(text, file);
+    let mut m = parse_str_all(text, file);
+    attach_config_maps(&mut m);
     (m.objects, m.errors)
 }
 
@@ -263,6 +305,7 @@ pub fn parse_str_all(text: &str, file: &str) -> Manifests {
     let mut objects = Vec::new();
     let mut errs = Vec::new();
     let mut skipped = Vec::new();
+    let mut config_maps = BTreeMap::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
         let err = |object: Option<String>, field: Option<&str>, message: String| ManifestError {
@@ -303,6 +346,15 @@ pub fn parse_str_all(text: &str, file: &str) -> Manifests {
                 Some(ns) => format!("{ns}/{name}"),
                 None => name.to_owned(),
             };
+            if kind == "ConfigMap" && v == "v1" {
+                let ns = value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(DEFAULT_NAMESPACE);
+                let data: BTreeMap<String, String> = value
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+                    .unwrap_or_default();
+                config_maps.insert((ns.to_owned(), name.to_owned()), data);
+            }
             skipped.push(format!("{kind} {who} ({file} document {document})"));
             continue;
         }
@@ -318,7 +370,7 @@ pub fn parse_str_all(text: &str, file: &str) -> Manifests {
             }
         }
     }
-    Manifests { objects, errors: errs, skipped }
+    Manifests { objects, errors: errs, skipped, config_maps }
 }
 
 type Problems = Vec<(Option<String>, String)>;
@@ -396,7 +448,7 @@ pub fn parse_value(mut v: Value) -> Result<Object, (Option<String>, Problems)> {
     let (Some(spec), Some(name), Some(namespace)) = (spec, name, namespace) else {
         return Err((Some(display), problems));
     };
-    let object = Object { meta: Meta { namespace, name, generation: None, manager: MANAGER_APPLY.into() }, spec };
+    let object = Object::new(Meta { namespace, name, generation: None, manager: MANAGER_APPLY.into() }, spec);
     problems.extend(cel_problems(&object));
     problems.extend(object.check().into_iter().map(|e| (Some(e.field), e.message)));
     if problems.is_empty() { Ok(object) } else { Err((Some(display), problems)) }

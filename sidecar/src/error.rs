@@ -175,6 +175,14 @@ pub enum Error {
     /// The target stream does not accept atomic batches.
     #[error("{0}")]
     BatchNotSupported(String),
+    /// A payload fails the JSON Schema of its type.
+    #[error("{}", schema_message(failures, *batch))]
+    SchemaViolation {
+        /// Each failing event: its index in the request, and why.
+        failures: Vec<(usize, causeway_api::schema::Refusal)>,
+        /// The request was a batch (an array).
+        batch: bool,
+    },
     /// KV precondition failed.
     #[error("{message}")]
     PreconditionFailed {
@@ -250,7 +258,7 @@ impl Error {
             | IdConflict { .. }
             | SequenceConflict { .. }
             | DuplicateInBatch { .. } => StatusCode::CONFLICT,
-            BatchNotSupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            BatchNotSupported(_) | SchemaViolation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -298,6 +306,7 @@ impl Error {
             SequenceConflict { .. } => "sequence_conflict",
             DuplicateInBatch { .. } => "duplicate_in_batch",
             BatchNotSupported(_) => "batch_not_supported",
+            SchemaViolation { .. } => "schema_violation",
             PreconditionFailed { .. } => "precondition_failed",
             PayloadTooLarge { .. } => "payload_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",
@@ -348,10 +357,36 @@ impl Error {
             Error::PreconditionFailed { revision: Some(r), .. } => {
                 m.insert("revision".into(), json!(r));
             }
+            Error::SchemaViolation { failures, .. } => {
+                let one = |i: &usize, r: &causeway_api::schema::Refusal| json!({"index": i, "type": r.event_type, "schemaVersion": r.version, "violations": r.violations});
+                if let Some((_, first)) = failures.first() {
+                    m.insert("type".into(), json!(first.event_type));
+                    m.insert("schemaVersion".into(), json!(first.version));
+                    m.insert("violations".into(), json!(first.violations));
+                }
+                m.insert("failures".into(), failures.iter().map(|(i, r)| one(i, r)).collect());
+            }
             _ => {}
         }
         Value::Object(m)
     }
+}
+
+fn schema_message(failures: &[(usize, causeway_api::schema::Refusal)], batch: bool) -> String {
+    let Some((i, r)) = failures.first() else { return "the payload fails its schema".into() };
+    let first = r.violations.first();
+    let at = first.map(|v| if v.pointer.is_empty() { "the payload".to_owned() } else { v.pointer.clone() });
+    let what = first.map(|v| v.message.as_str()).unwrap_or("invalid");
+    let which = if batch { format!("event {i} of the batch") } else { "the event".to_owned() };
+    let more =
+        if failures.len() > 1 { format!(" ({} events fail; see failures)", failures.len()) } else { String::new() };
+    let nothing = if batch { "nothing of the batch was stored" } else { "nothing was stored" };
+    format!(
+        "{which} (type {}) fails schema version {} at {}: {what}{more}; {nothing}: fix the payload, or the schema in spec.schemas",
+        r.event_type,
+        r.version,
+        at.unwrap_or_default()
+    )
 }
 
 #[cfg(test)]

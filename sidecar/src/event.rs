@@ -356,6 +356,7 @@ pub fn build(
         blob: None,
         dead_letter: None,
         replay_of: None,
+        schema_version: None,
         extensions: d.extensions,
     }
 }

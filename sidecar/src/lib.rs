@@ -9,6 +9,7 @@
 //! - [`conditional`]: RFC 9110 conditional requests; [`acktoken`]: signed ack tokens;
 //! - [`push`]: push delivery to the app; [`access`]: the node's access policy;
 //! - [`deadletters`]: list, show and replay a listener's dead letters, and `autoReplay`;
+//! - [`schemas`]: typed events, checked against their JSON Schemas;
 //! - [`metrics`], [`error`], [`http`], [`state`]: the plumbing.
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod publish;
 pub mod push;
 pub mod registry;
 pub mod routes;
+pub mod schemas;
 pub mod server;
 pub mod state;
 pub mod trace;

@@ -579,8 +579,15 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
                     Err(e) => return Err(refused(i, &e)),
                 };
                 let tname = format!("{}/{}", target.meta.namespace, target.meta.name);
+                let version = crate::schemas::check(
+                    state.schemas.node(&target).as_deref(),
+                    std::iter::once((draft.event_type.as_str(), &draft.payload)),
+                    false,
+                )
+                .map_err(|e| refused(i, &e))?[0];
                 let subject = draft.event_type.clone();
-                let envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
+                let mut envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
+                envelope.schema_version = version;
                 Outgoing::to_inbox(state, &target, envelope)
             }
             (None, Some(s), Some(subject)) => {
@@ -593,7 +600,14 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
                     Err(e) => return Err(refused(i, &e)),
                 };
                 let tname = format!("{}/{}", rec.meta.namespace, rec.meta.name);
-                let envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
+                let version = crate::schemas::check(
+                    state.schemas.store(&rec).as_deref(),
+                    std::iter::once((draft.event_type.as_str(), &draft.payload)),
+                    false,
+                )
+                .map_err(|e| refused(i, &e))?[0];
+                let mut envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
+                envelope.schema_version = version;
                 Outgoing {
                     subject: naming::join_subject(&rec.subject_prefix, &subject),
                     stream: rec.stream.clone(),
@@ -654,6 +668,7 @@ pub(crate) async fn dead_letter(
             blob: None,
             dead_letter: None,
             replay_of: None,
+            schema_version: None,
             extensions: Default::default(),
         },
     };

@@ -59,6 +59,8 @@ pub struct State {
     pub clock_restored: watch::Sender<bool>,
     /// Becomes true on SIGTERM.
     pub shutdown: watch::Receiver<bool>,
+    /// Compiled event schemas of the stores and nodes written to.
+    pub schemas: crate::schemas::SchemaCache,
     buckets: Mutex<HashMap<String, kv::Store>>,
 }
 
@@ -92,6 +94,7 @@ impl State {
             app_seen: watch::channel(false).0,
             clock_restored: watch::channel(false).0,
             shutdown,
+            schemas: Default::default(),
             buckets: Mutex::default(),
         })
     }

@@ -196,6 +196,7 @@ fn envelope(id: &str, sender: &str, event_type: &str, lamport: u64) -> Envelope 
         blob: None,
         dead_letter: None,
         replay_of: None,
+        schema_version: None,
         extensions: Default::default(),
     }
 }

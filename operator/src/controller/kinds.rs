@@ -61,7 +61,7 @@ pub fn object_of<K: Managed>(o: &K) -> Result<(Object, DnsLabel, DnsLabel), Stri
         generation: o.meta().generation,
         manager: MANAGER_OPERATOR.into(),
     };
-    Ok((Object { meta, spec: o.spec_of() }, ns, name))
+    Ok((Object::new(meta, o.spec_of()), ns, name))
 }
 
 fn prev_figure<T: DeserializeOwned>(previous: Option<&serde_json::Value>, field: &str) -> Option<T> {

@@ -113,10 +113,13 @@ async fn apply<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<A
             return Ok(Action::await_change());
         }
     };
+    let object = with_config_maps(ctx, object).await;
     let outcome = tokio::time::timeout(ctx.opts.nats_timeout, ctx.core.reconcile(&object, Mode::Apply)).await;
+    let mut schema_check = None;
     let (readiness, figures, failure) = match outcome {
         Ok(Ok(o)) => {
             announce(ctx, &*obj, was.as_ref(), &o).await;
+            schema_check = o.schemas.clone();
             (o.readiness, o.figures, None)
         }
         Ok(Err(e)) => {
@@ -149,6 +152,7 @@ async fn apply<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<A
     };
     let cond = ready_condition(was.as_ref(), &readiness, obj.meta().generation);
     let mut status = obj.status(&ns, &name, cond.clone(), &figures, previous.as_ref());
+    schemas_condition(&mut status, previous.as_ref(), schema_check.as_ref(), obj.meta().generation);
     if ctx.identity.is_some() && K::KIND == causeway_api::Kind::Node {
         let creds = match &held {
             Some(h) => serde_json::to_value(&h.status).ok(),
@@ -178,6 +182,65 @@ async fn apply<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<A
     ctx.metrics.reconciled(kind, if cond.status == "True" { "ready" } else { "not_ready" }, started);
     let next = held.map(|h| h.renew_in.max(std::time::Duration::from_secs(1))).unwrap_or(ctx.opts.resync);
     Ok(Action::requeue(next.min(ctx.opts.resync)))
+}
+
+/// The object with the data of the ConfigMaps its `spec.schemas` refer to. One that cannot be
+/// read is left out: the core then reports `SchemaNotResolved`, and the next resync (or a change
+/// of the object) tries again.
+async fn with_config_maps(ctx: &Context, mut object: jetstream::Object) -> jetstream::Object {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let names: std::collections::BTreeSet<String> =
+        object.schema_specs().iter().filter_map(|s| s.config_map_ref.as_ref().map(|r| r.name.clone())).collect();
+    if names.is_empty() {
+        return object;
+    }
+    let api: Api<ConfigMap> = Api::namespaced(ctx.kube.clone(), object.meta.namespace.as_str());
+    for n in names {
+        match api.get_opt(&n).await {
+            Ok(Some(cm)) => {
+                object.config_maps.insert(n, cm.data.unwrap_or_default());
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(configmap = %n, error = %e, "cannot read a schema's ConfigMap"),
+        }
+    }
+    object
+}
+
+/// Adds (or keeps, when the core said nothing this time) the `SchemasCompatible` condition.
+fn schemas_condition(
+    status: &mut serde_json::Value,
+    previous: Option<&serde_json::Value>,
+    check: Option<&jetstream::SchemaCheck>,
+    generation: Option<i64>,
+) {
+    let stored = previous
+        .and_then(|p| p.get("conditions"))
+        .and_then(|c| c.as_array())
+        .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some(jetstream::SCHEMAS_CONDITION)))
+        .and_then(|c| serde_json::from_value::<Condition>(c.clone()).ok());
+    let cond = match check {
+        Some(check) => {
+            let (ok, reason, message) = check.condition();
+            let status = if ok { "True" } else { "False" };
+            let last_transition_time = match &stored {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            };
+            Condition {
+                type_: jetstream::SCHEMAS_CONDITION.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message,
+                last_transition_time,
+                observed_generation: generation,
+            }
+        }
+        None => return,
+    };
+    if let Some(cs) = status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+        cs.push(serde_json::to_value(cond).unwrap_or_default());
+    }
 }
 
 /// Issues (or keeps) a Node's NATS credential; `None` for other kinds, or when the operator

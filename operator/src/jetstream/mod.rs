@@ -12,6 +12,7 @@
 
 pub mod desired;
 pub mod diff;
+pub mod schemas;
 
 use async_nats::jetstream::{
     self, consumer,
@@ -52,7 +53,16 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// JetStream refused the configuration.
     pub const JETSTREAM_REJECTED: &str = "JetStreamRejected";
+    /// A schema's ConfigMap (or its key) does not exist (yet).
+    pub const SCHEMA_NOT_RESOLVED: &str = "SchemaNotResolved";
+    /// Condition `SchemasCompatible`: a changed schema rejects an event already stored.
+    pub const SCHEMA_NARROWED: &str = "SchemaNarrowed";
+    /// Condition `SchemasCompatible`: no stored event sampled is rejected by its type's schema.
+    pub const SCHEMAS_ACCEPT_STORED: &str = "StoredEventsAccepted";
 }
+
+/// The condition type that reports whether the schemas accept the events already stored.
+pub const SCHEMAS_CONDITION: &str = "SchemasCompatible";
 
 /// A resource's spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +82,25 @@ pub struct Object {
     pub meta: Meta,
     /// The spec.
     pub spec: Spec,
+    /// The data of the ConfigMaps its `spec.schemas` refer to, as the driver read them (absent
+    /// ones are left out: the reconcile reports `SchemaNotResolved`).
+    pub config_maps: schemas::ConfigMaps,
+}
+
+impl Object {
+    /// An object with no ConfigMap data.
+    pub fn new(meta: Meta, spec: Spec) -> Self {
+        Self { meta, spec, config_maps: Default::default() }
+    }
+
+    /// The schemas its spec declares (stores and nodes).
+    pub fn schema_specs(&self) -> &[causeway_api::schema::EventSchema] {
+        match &self.spec {
+            Spec::EventStore(s) => &s.schemas,
+            Spec::Node(s) => &s.schemas,
+            Spec::Listener(_) => &[],
+        }
+    }
 }
 
 impl Object {
@@ -226,6 +255,40 @@ pub struct Outcome {
     pub figures: Figures,
     /// The registry record (when resolved).
     pub record: Option<Record>,
+    /// What the schema check found, when the object declares schemas.
+    pub schemas: Option<SchemaCheck>,
+}
+
+/// Whether an object's schemas accept the events already stored (see
+/// [`causeway_api::schema::Narrowing`] for what is checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaCheck {
+    /// Types with a schema.
+    pub types: usize,
+    /// For each schema that rejects a stored event: `type vN: what was found`.
+    pub narrowed: Vec<String>,
+}
+
+impl SchemaCheck {
+    /// The `SchemasCompatible` condition: (status, reason, message).
+    pub fn condition(&self) -> (bool, &'static str, String) {
+        if self.narrowed.is_empty() {
+            (
+                true,
+                reason::SCHEMAS_ACCEPT_STORED,
+                format!("{} schema(s); no sampled stored event is rejected", self.types),
+            )
+        } else {
+            (
+                false,
+                reason::SCHEMA_NARROWED,
+                format!(
+                    "a schema change may only widen, but {}. New events are checked against the new schema; stored events stay as they are. Widen the schema, or accept that these events no longer match",
+                    self.narrowed.join("; ")
+                ),
+            )
+        }
+    }
 }
 
 /// The result of one cleanup.
@@ -333,7 +396,11 @@ impl Reconciler {
             .spec
         {
             Spec::EventStore(spec) => {
-                let rec = StoreRecord::resolve(obj.meta.clone(), spec);
+                let mut rec = StoreRecord::resolve(obj.meta.clone(), spec);
+                match schemas::resolve(&spec.schemas, &obj.config_maps, ns) {
+                    Ok(s) => rec.schemas = s,
+                    Err((why, msg)) => return Ok(not_ready(why, msg)),
+                }
                 let streams = vec![
                     desired::global_kv(ns, self.registry_replicas),
                     desired::store_stream(&rec),
@@ -345,6 +412,10 @@ impl Reconciler {
             Spec::Node(spec) => {
                 let mut rec = NodeRecord::resolve(obj.meta.clone(), spec);
                 rec.credentials = self.node_credentials.unwrap_or_default();
+                match schemas::resolve(&spec.schemas, &obj.config_maps, ns) {
+                    Ok(s) => rec.schemas = s,
+                    Err((why, msg)) => return Ok(not_ready(why, msg)),
+                }
                 let streams = vec![
                     desired::global_kv(ns, self.registry_replicas),
                     desired::inbox_stream(&rec),
@@ -420,6 +491,7 @@ impl Reconciler {
                     readiness: Readiness::ready(ready_message(&record)),
                     figures,
                     record: Some(record),
+                    schemas: None,
                 });
             }
             let Some(stream) = stream else {
@@ -479,6 +551,8 @@ impl Reconciler {
             }
         }
 
+        let mut record = record;
+        let schema_check = self.check_schemas(&mut record, &figures).await?;
         if let Some(previous) = self.put_record(&record, mode).await?
             && !created
         {
@@ -507,7 +581,39 @@ impl Reconciler {
             readiness: Readiness::ready(ready_message(&record)),
             figures,
             record: Some(record),
+            schemas: schema_check,
         })
+    }
+
+    /// Finds stored events that changed schemas reject, and records what it found in the record
+    /// (see [`causeway_api::schema::Narrowing`]). Schemas that did not change keep what the
+    /// previous record says, so a steady state reads one registry key and no events.
+    async fn check_schemas(&self, record: &mut Record, figures: &Figures) -> Result<Option<SchemaCheck>> {
+        let key = record.key();
+        let (stream, list) = match record {
+            Record::EventStore(r) => (r.stream.clone(), &mut r.schemas),
+            Record::Node(r) => (r.inbox_stream.clone(), &mut r.schemas),
+            Record::Listener(_) => return Ok(None),
+        };
+        if list.is_empty() {
+            return Ok(None);
+        }
+        let previous = match self.read_record_key(&key).await? {
+            Some(Record::EventStore(r)) => r.schemas,
+            Some(Record::Node(r)) => r.schemas,
+            _ => Vec::new(),
+        };
+        let changed = schemas::carry_over(&previous, list);
+        if !changed.is_empty() {
+            let (first, last) = (figures.first_sequence.unwrap_or(0), figures.last_sequence.unwrap_or(0));
+            let events = schemas::sample(&self.js.client(), &stream, first, last).await?;
+            schemas::find_narrowing(&stream, &events, list, &changed);
+        }
+        let narrowed = list
+            .iter()
+            .filter_map(|s| s.narrowed.as_ref().map(|n| format!("type {} v{}: {n}", s.event_type, s.version)))
+            .collect();
+        Ok(Some(SchemaCheck { types: list.len(), narrowed }))
     }
 
     /// Removes an object: its registry record always, its JetStream data as `policy` says.
@@ -889,6 +995,7 @@ fn stopped(step: &Step, obj: &Object, what: &str, changes: &[Change], figures: &
         changes: changes.to_vec(),
         figures: figures.clone(),
         record: None,
+        schemas: None,
     })
 }
 
@@ -899,6 +1006,7 @@ fn not_ready(reason: &'static str, message: String) -> Outcome {
         readiness: Readiness::not(reason, message),
         figures: Figures::default(),
         record: None,
+        schemas: None,
     }
 }
 

@@ -26,17 +26,22 @@ pub async fn send(state: &State, node: &str, req: Request<Incoming>) -> Result<R
     let (drafts, batch) = parse_request(&parts.headers, &body)?;
     let target = crate::access::send_target(state, node).await?;
     let target_name = format!("{}/{}", target.meta.namespace, target.meta.name);
+    // Checked before anything else happens (not even a tick of the clock) for a refused request.
+    let versions = crate::schemas::check(
+        state.schemas.node(&target).as_deref(),
+        drafts.iter().map(|d| (d.event_type.as_str(), &d.payload)),
+        batch,
+    )?;
     let sender = state.sender();
     let outs: Vec<Outgoing> = drafts
         .into_iter()
-        .map(|d| {
+        .zip(versions)
+        .map(|(d, version)| {
             // In an inbox the subject is the event type, so listeners filter by type on the server.
             let subject = d.event_type.clone();
-            Outgoing::to_inbox(
-                state,
-                &target,
-                build(d, None, &state.causes, &state.clock, &sender, &target_name, &subject),
-            )
+            let mut env = build(d, None, &state.causes, &state.clock, &sender, &target_name, &subject);
+            env.schema_version = version;
+            Outgoing::to_inbox(state, &target, env)
         })
         .collect();
     if batch {

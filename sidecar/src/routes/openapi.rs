@@ -213,7 +213,7 @@ fn build_paths() -> Value {
                     "requestBody": event_body,
                     "responses": {"202": accepted, "404": err("Unknown node"),
                                   "409": err("id_conflict (the id is stored with another type) or duplicate_in_batch"),
-                                  "422": err("The inbox does not accept batches")}
+                                  "422": err("schema_violation (a payload fails the JSON Schema of its type, declared by the target node: type, schemaVersion, violations [{pointer, message}], failures per event; nothing stored) or batch_not_supported")}
                 }
             },
             "/v1/stores/{store}": {
@@ -235,7 +235,7 @@ fn build_paths() -> Value {
                     "requestBody": event_body,
                     "responses": {"202": accepted, "404": err("Unknown store"),
                                   "409": err("sequence_conflict (with lastSequence), id_conflict (the id is stored on another subject) or duplicate_in_batch"),
-                                  "422": err("The store does not accept batches")}
+                                  "422": err("schema_violation (a payload fails the JSON Schema of its type, declared by the store: type, schemaVersion, violations [{pointer, message}], failures per event; nothing stored) or batch_not_supported (the store does not accept batches)")}
                 },
                 "get": {
                     "summary": "Load the events of a subject or pattern",
@@ -361,7 +361,16 @@ fn build_paths() -> Value {
                 "lastSequence": {"type": "integer"}, "known": {"type": "array", "items": {"type": "string"}},
                 "revision": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "string"}},
                 "allowed": {"type": "array", "items": {"type": "string"}}, "unknown": {"type": "array", "items": {"type": "string"}},
-                "stream": {"type": "string"}, "subject": {"type": "string"}, "sequence": {"type": "integer"}}},
+                "stream": {"type": "string"}, "subject": {"type": "string"}, "sequence": {"type": "integer"},
+                "type": {"type": "string", "description": "schema_violation: the first failing event's type"},
+                "schemaVersion": {"type": "integer", "description": "schema_violation: the version of its schema"},
+                "violations": {"type": "array", "items": {"$ref": "#/components/schemas/Violation"}},
+                "failures": {"type": "array", "description": "schema_violation: every failing event of the request",
+                    "items": {"type": "object", "properties": {"index": {"type": "integer"}, "type": {"type": "string"},
+                        "schemaVersion": {"type": "integer"}, "violations": {"type": "array", "items": {"$ref": "#/components/schemas/Violation"}}}}}}},
+            "Violation": {"type": "object", "required": ["pointer", "message"], "properties": {
+                "pointer": {"type": "string", "description": "JSON pointer into the payload (empty: the payload itself)"},
+                "message": {"type": "string"}}},
             "DeadLetter": {"type": "object", "description": "A dead-lettered event as the app would see it; stream and sequence name the dead letter", "properties": {
                 "id": {"type": "string"}, "type": {"type": "string"}, "payload": {}, "subject": {"type": "string"},
                 "time": {"type": "string"}, "sender": {"type": "string"}, "causationId": {"type": "string"},
@@ -397,6 +406,7 @@ fn build_paths() -> Value {
                 "time": {"type": "string"}, "sender": {"type": "string"}, "causationId": {"type": "string"},
                 "correlationId": {"type": "string"}, "path": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
                 "lamport": {"type": "integer"}, "stream": {"type": "string"}, "sequence": {"type": "integer"},
+                "schemaVersion": {"type": "integer", "description": "The version of its type's schema it was checked against"},
                 "ackToken": {"type": "string"}, "attempt": {"type": "integer"}}},
             "Load": {"type": "object", "required": ["events", "lastSequence", "more"], "properties": {
                 "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},

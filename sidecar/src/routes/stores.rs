@@ -93,9 +93,21 @@ pub async fn append(state: &State, store: &str, subject: &str, req: Request<Inco
     let record = crate::access::store(state, AccessAction::Append, store).await?;
     let target = format!("{}/{}", record.meta.namespace, record.meta.name);
     let full_subject = naming::join_subject(&record.subject_prefix, subject);
+    let versions = crate::schemas::check(
+        state.schemas.store(&record).as_deref(),
+        drafts.iter().map(|d| (d.event_type.as_str(), &d.payload)),
+        batch,
+    )?;
     let sender = state.sender();
-    let envelopes: Vec<_> =
-        drafts.into_iter().map(|d| build(d, None, &state.causes, &state.clock, &sender, &target, subject)).collect();
+    let envelopes: Vec<_> = drafts
+        .into_iter()
+        .zip(versions)
+        .map(|(d, version)| {
+            let mut env = build(d, None, &state.causes, &state.clock, &sender, &target, subject);
+            env.schema_version = version;
+            env
+        })
+        .collect();
     let publish = |expected: Option<u64>| {
         let outs: Vec<Outgoing> = envelopes
             .iter()
