@@ -114,10 +114,9 @@ pub fn node_grants(
         if let Some(dl) = &l.dead_letter {
             publish.insert(dl.nats_subject.clone());
             readable.insert((ns.clone(), dl.store.clone()));
-            // Replaying them into its own part of the source stream, and deleting a replayed
-            // one when asked to.
+            // Replaying them into its own part of the source stream. Not deleting them: that
+            // right reaches every event of the store (replayed entries are marked instead).
             publish.insert(naming::join_subject(&l.replay_prefix(), ">"));
-            publish.insert(naming::js_stream_msg_delete(&dl.stream));
         }
     }
 
@@ -419,7 +418,6 @@ mod tests {
             "$JS.API.DIRECT.GET.CW_ES_shop_dead",
             "$JS.API.STREAM.INFO.CW_ES_shop_dead",
             "cw.shop.replay.es.orders.reserve.any.subject",
-            "$JS.API.STREAM.MSG.DELETE.CW_ES_shop_dead",
         ] {
             assert!(g.may_publish(s), "{s}: {g:#?}");
         }
@@ -428,6 +426,7 @@ mod tests {
             // Replays only into its own listeners' part of a stream, and only with a dead letter.
             "cw.shop.replay.es.orders.of-b.x",
             "cw.shop.replay.in.a.inbox-a.x",
+            "$JS.API.STREAM.MSG.DELETE.CW_ES_shop_dead",
             "$JS.API.STREAM.MSG.DELETE.CW_ES_shop_dead-b",
             "$JS.API.CONSUMER.MSG.NEXT.CW_ES_shop_orders.cw_shop_of-b",
             "$JS.ACK.CW_ES_shop_orders.cw_shop_of-b.1.2.3.4.0",

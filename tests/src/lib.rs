@@ -353,6 +353,18 @@ pub fn secure_node_creds(url: &str, ns: &str, node: &str) -> Option<PathBuf> {
     Some(path)
 }
 
+/// The administrator's credential file of the secure server at `url`, written on first use;
+/// `None` for other servers.
+pub fn secure_admin_creds(url: &str) -> Option<PathBuf> {
+    let (trust, dir) =
+        SECURE.lock().unwrap_or_else(|e| e.into_inner()).get(url).map(|s| (s.trust.clone(), s.dir.clone()))?;
+    let path = dir.join("admin.creds");
+    if !path.exists() {
+        std::fs::write(&path, trust.admin_creds()).expect("write the admin credential");
+    }
+    Some(path)
+}
+
 /// Rewrites the credential files of the secure server at `url` (after an apply), so running
 /// sidecars reload the grants the registry now implies. Does nothing for other servers.
 pub fn refresh_secure_creds(url: &str) {
@@ -508,9 +520,19 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs the `causeway` binary with `args` and waits for it.
+/// Runs the `causeway` binary with `args` and waits for it. Pointed (`--nats URL`) at a secure
+/// server of this suite without `--creds`, it connects as that server's administrator, as an
+/// operator or a platform team would.
 pub fn causeway(args: &[&str]) -> Run {
-    let out = Command::new(bin("causeway")).args(args).output().expect("run causeway");
+    let mut cmd = Command::new(bin("causeway"));
+    cmd.args(args);
+    if !args.contains(&"--creds")
+        && let Some(url) = args.iter().position(|a| *a == "--nats").and_then(|i| args.get(i + 1))
+        && let Some(creds) = secure_admin_creds(url)
+    {
+        cmd.env("CAUSEWAY_NATS_CREDS", creds);
+    }
+    let out = cmd.output().expect("run causeway");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

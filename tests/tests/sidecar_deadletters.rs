@@ -265,6 +265,17 @@ spec:
     assert_eq!(code(&["list", "-n", "shop", "reserve", "--since", "yesterday"]), 2);
     assert_eq!(code(&["replay", "-n", "shop", "reserve", "999"]), 3);
 
+    if causeway_tests::secure_suite() {
+        // A node's own credential may not delete from a store (that right reaches every event
+        // of it): refused up front with 403, and nothing is replayed.
+        let (s, r) = post(&c, &dl("reserve/deadletters/replay?type=refund.*&delete=true"), &json!({})).await;
+        assert_eq!((s, &r["error"]), (403, &json!("forbidden")), "{r}");
+        assert!(r["message"].as_str().unwrap().contains("may not delete"), "{r}");
+        let left = dead_letters(&c, &inv, "?type=refund.*").await;
+        assert_eq!(left.len(), 1, "still there");
+        assert_eq!(left[0]["replayed"], Value::Null, "not replayed: {}", left[0]);
+        return;
+    }
     // Replay by filter with delete: the dead letter is gone, the others stay.
     let (s, r) = post(&c, &dl("reserve/deadletters/replay?type=refund.*&delete=true"), &json!({})).await;
     assert_eq!(s, 200, "{r}");

@@ -113,6 +113,23 @@ pub async fn show(state: &State, name: &str, id: &str, req: &http::Request<hyper
     Ok(json(StatusCode::OK, &e.view(&dl::dead_letter_of(&l)?.stream)))
 }
 
+/// `?delete=true` removes a message of the dead-letter store, a right a Node's own NATS
+/// credential does not carry (it would reach every event of that store): refused up front
+/// rather than left to time out.
+fn may_delete(state: &State, l: &causeway_api::registry::ListenerRecord, delete: bool) -> Result<()> {
+    let Some(dl) = l.dead_letter.as_ref().filter(|_| delete) else { return Ok(()) };
+    if state.creds.as_ref().is_some_and(|c| !c.may_publish(&causeway_api::naming::js_stream_msg_delete(&dl.stream))) {
+        return Err(Error::Forbidden {
+            policy: format!("{} NATS credential", state.sender()),
+            message: format!(
+                "this node's NATS credential may not delete messages of {} (it would reach every event of that store); replay without delete=true, or delete with `causeway deadletters replay --delete` and an administrator's credential",
+                dl.stream
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// `POST /v1/listeners/{l}/deadletters/{id}/replay[?delete=true]`: 202 when replayed now, 200
 /// when it had been replayed before (nothing published again).
 pub async fn replay_one(
@@ -125,6 +142,7 @@ pub async fn replay_one(
     Conditions::parse(req.headers(), Support::None, "a replay takes no condition")?;
     let delete = q.bool("delete")?.unwrap_or(false);
     let l = listener(state, name).await?;
+    may_delete(state, &l, delete)?;
     let e = dl::get(&state.client, &l, id).await?;
     let r = dl::replay(&state.client, &l, &e, &by(state, "API"), delete).await?;
     let status = if r.already_replayed { StatusCode::OK } else { StatusCode::ACCEPTED };
@@ -139,6 +157,7 @@ pub async fn replay_many(state: &State, name: &str, req: &http::Request<hyper::b
     let (f, limit, after) = (filter(&q)?, limit(&q)?, q.u64("after")?.unwrap_or(0));
     let delete = q.bool("delete")?.unwrap_or(false);
     let l = listener(state, name).await?;
+    may_delete(state, &l, delete)?;
     let (done, refused, more) =
         dl::replay_matching(&state.client, &l, &f, after, limit, &by(state, "API"), delete).await?;
     let refused: Vec<Value> = refused.into_iter().map(|(s, e)| json!({"sequence": s, "error": e})).collect();
