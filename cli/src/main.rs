@@ -8,6 +8,7 @@ mod nats;
 mod operator;
 mod signal;
 mod status;
+mod tail;
 mod tether;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -50,6 +51,13 @@ enum Command {
     /// from the objects' Kubernetes status. Exits 0 when everything shown is ready, 1 when not
     /// (or NATS/Kubernetes cannot be reached), 2 for bad flags or filters.
     Status(status::StatusArgs),
+    /// Follow a store, a node's inbox or a whole namespace live, with each event's causal fields.
+    ///
+    /// `kubectl logs -f` for the event space: shows the last 10 matching events (or what --since
+    /// asks for), then follows. Reads with ephemeral ordered consumers, so it leaves nothing
+    /// behind in JetStream and never moves a Listener. Exits 2 for bad flags, 1 when NATS or the
+    /// target cannot be read.
+    Tail(tail::TailArgs),
     /// Run Causeway locally: a nats-server (data in ./.causeway), the examples applied,
     /// one sidecar per Node, and the demo apps. Ctrl-C stops everything.
     Dev(dev::DevArgs),
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
         Command::Apply(a) => block_on(apply::run(a)),
         Command::Dev(d) => block_on(dev::run(d)),
         Command::Status(s) => block_on(status::run(s)),
+        Command::Tail(t) => block_on(tail::run(t)),
         Command::DemoApp(a) => block_on(demo_app::run(a)),
         Command::Operator(a) => block_on(operator::run(*a)),
     }
