@@ -277,12 +277,17 @@ async fn sources(js: &jetstream::Context, plan: &Plan) -> Result<Vec<Source>, St
 
 /// Reads every source, prints what matches, and follows when asked.
 async fn follow_all(js: &jetstream::Context, sources: Vec<Source>, plan: &Plan) -> ExitCode {
+    // This run's consumers are named after it (a recreated ordered consumer appends `_<n>`), so
+    // they can be removed on the way out rather than left for the server's inactivity timer.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let prefix = format!("cw_tail_{}_{}", std::process::id(), nanos % 1_000_000_000);
+    let streams: Vec<String> = sources.iter().map(|s| s.stream.clone()).collect();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Line, String>>(256);
     let mut tasks = tokio::task::JoinSet::new();
     for s in sources {
-        let (js, plan, tx) = (js.clone(), plan.clone(), tx.clone());
+        let (js, plan, tx, name) = (js.clone(), plan.clone(), tx.clone(), format!("{prefix}_{}", tasks.len()));
         tasks.spawn(async move {
-            if let Err(e) = read(&js, &s, &plan, &tx).await {
+            if let Err(e) = read(&js, &s, &plan, &name, &tx).await {
                 let _ = tx.send(Err(format!("{}: {e}", s.stream))).await;
             }
         });
@@ -303,7 +308,26 @@ async fn follow_all(js: &jetstream::Context, sources: Vec<Source>, plan: &Plan) 
         }
     }
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    remove_consumers(js, &streams, &prefix).await;
     if failed { ExitCode::from(EXIT_NOT_READY) } else { ExitCode::SUCCESS }
+}
+
+/// Deletes this run's consumers (best effort: the server removes what is left after 30 s idle).
+async fn remove_consumers(js: &jetstream::Context, streams: &[String], prefix: &str) {
+    for name in streams {
+        let Ok(stream) = js.get_stream(name).await else { continue };
+        let mut names = stream.consumer_names();
+        let mut ours = Vec::new();
+        while let Some(Ok(c)) = names.next().await {
+            if c.starts_with(prefix) {
+                ours.push(c);
+            }
+        }
+        for c in ours {
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.delete_consumer(&c)).await;
+        }
+    }
 }
 
 /// One event to print.
@@ -371,6 +395,7 @@ async fn read(
     js: &jetstream::Context,
     s: &Source,
     plan: &Plan,
+    name: &str,
     tx: &tokio::sync::mpsc::Sender<Result<Line, String>>,
 ) -> Result<(), String> {
     let stream = js.get_stream(&s.stream).await.map_err(|e| e.to_string())?;
@@ -395,6 +420,7 @@ async fn read(
     };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
+            name: Some(name.to_owned()),
             description: Some("causeway tail".into()),
             filter_subject,
             filter_subjects,
