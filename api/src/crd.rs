@@ -659,9 +659,11 @@ impl RewindTo {
         match (self.sequence, &self.time) {
             (Some(0), None) => Err("rewind.to.sequence must be 1 or more (stream sequences start at 1)".into()),
             (Some(n), None) => Ok(RewindPosition::Sequence(n)),
-            (None, Some(t)) => DateTime::parse_from_rfc3339(t)
-                .map(|t| RewindPosition::Time(t.with_timezone(&Utc)))
-                .map_err(|e| format!("rewind.to.time {t:?} is not an RFC 3339 time such as 2026-11-25T12:00:00Z ({e})")),
+            (None, Some(t)) => {
+                DateTime::parse_from_rfc3339(t).map(|t| RewindPosition::Time(t.with_timezone(&Utc))).map_err(|e| {
+                    format!("rewind.to.time {t:?} is not an RFC 3339 time such as 2026-11-25T12:00:00Z ({e})")
+                })
+            }
             _ => Err("rewind.to must name exactly one of sequence or time, e.g. {sequence: 5}".into()),
         }
     }

@@ -217,9 +217,8 @@ fn since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    let d: causeway_api::quantity::Duration = s
-        .parse()
-        .map_err(|_| format!("--since {s:?}: give a duration such as 10m or 2h, or an RFC 3339 time"))?;
+    let d: causeway_api::quantity::Duration =
+        s.parse().map_err(|_| format!("--since {s:?}: give a duration such as 10m or 2h, or an RFC 3339 time"))?;
     let d = chrono::Duration::from_std(d.get()).map_err(|_| format!("--since {s:?} is too far back"))?;
     Ok(chrono::Utc::now() - d)
 }
@@ -409,9 +408,9 @@ async fn read(
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         },
         (None, Count::Last(0)) => DeliverPolicy::New,
-        (None, Count::Last(n)) if unfiltered => DeliverPolicy::ByStartSequence {
-            start_sequence: last_seq.saturating_sub(n as u64 - 1).max(1),
-        },
+        (None, Count::Last(n)) if unfiltered => {
+            DeliverPolicy::ByStartSequence { start_sequence: last_seq.saturating_sub(n as u64 - 1).max(1) }
+        }
         (None, _) => DeliverPolicy::All,
     };
     let (filter_subject, filter_subjects) = match s.filters.as_slice() {

@@ -80,8 +80,7 @@ async fn drain(c: &PullConsumer, ack: bool) -> (Vec<u64>, Vec<jetstream::Message
     let mut seqs = Vec::new();
     let mut held = Vec::new();
     loop {
-        let mut batch =
-            c.fetch().max_messages(100).expires(Duration::from_millis(700)).messages().await.unwrap();
+        let mut batch = c.fetch().max_messages(100).expires(Duration::from_millis(700)).messages().await.unwrap();
         let mut got = 0;
         while let Some(m) = batch.next().await {
             let m = m.unwrap();
@@ -129,7 +128,10 @@ async fn a_rewind_to_a_sequence_redelivers_exactly_from_it_once_per_id_and_keeps
 
         // Rewind to the 5th of them.
         let to = base + 5;
-        let rw = format!("{BASE}{}", listener(name, start_at, &format!("  rewind: {{to: {{sequence: {to}}}, id: fix-1}}\n")));
+        let rw = format!(
+            "{BASE}{}",
+            listener(name, start_at, &format!("  rewind: {{to: {{sequence: {to}}}, id: fix-1}}\n"))
+        );
         let r = apply(&server, &dir, &rw, &[]);
         assert_eq!(r.code, 0, "{r:?}");
         let line = format!("Listener shop/{name} rewound to sequence {to} (rewind \"fix-1\" to sequence {to}");
@@ -166,7 +168,12 @@ async fn a_rewind_to_a_sequence_redelivers_exactly_from_it_once_per_id_and_keeps
         // not drift to correct, and not an immutable change).
         let r = apply(&server, &dir, &plain, &[]);
         assert_eq!(r.code, 0, "{r:?}");
-        assert!(r.stdout.contains(&format!("Listener shop/{name} updated\n")) || r.stdout.contains(&format!("Listener shop/{name} unchanged\n")), "{}", r.stdout);
+        assert!(
+            r.stdout.contains(&format!("Listener shop/{name} updated\n"))
+                || r.stdout.contains(&format!("Listener shop/{name} unchanged\n")),
+            "{}",
+            r.stdout
+        );
         assert!(!r.stdout.contains("ImmutableFieldChanged"), "{}", r.stdout);
         assert!(record(&js, name).await.rewound.is_some_and(|d| d.id == "fix-1"), "the last rewind stays recorded");
         let r = apply(&server, &dir, &plain, &[]);
@@ -175,7 +182,10 @@ async fn a_rewind_to_a_sequence_redelivers_exactly_from_it_once_per_id_and_keeps
         assert!(seqs.is_empty(), "{seqs:?}");
 
         // A new id rewinds again.
-        let rw2 = format!("{BASE}{}", listener(name, start_at, &format!("  rewind: {{to: {{sequence: {}}}, id: fix-2}}\n", base + 9)));
+        let rw2 = format!(
+            "{BASE}{}",
+            listener(name, start_at, &format!("  rewind: {{to: {{sequence: {}}}, id: fix-2}}\n", base + 9))
+        );
         let r = apply(&server, &dir, &rw2, &[]);
         assert!(r.stdout.contains(&format!("Listener shop/{name} rewound to sequence {}", base + 9)), "{}", r.stdout);
         let (seqs, _) = drain(&c, true).await;
@@ -206,7 +216,8 @@ async fn a_rewind_by_time_redelivers_what_was_stored_from_then_on() {
 
     // A time after everything stored: nothing is redelivered, new events still are.
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let rw = format!("{BASE}{}", listener("history", "all", &format!("  rewind: {{to: {{time: \"{later}\"}}, id: t2}}\n")));
+    let rw =
+        format!("{BASE}{}", listener("history", "all", &format!("  rewind: {{to: {{time: \"{later}\"}}, id: t2}}\n")));
     let r = apply(&server, &dir, &rw, &[]);
     assert!(r.stdout.contains("Listener shop/history rewound to sequence 7"), "{}", r.stdout);
     assert!(drain(&c, true).await.0.is_empty());
@@ -230,7 +241,11 @@ async fn an_ack_of_a_delivery_from_before_the_rewind_does_not_swallow_the_redeli
         assert_eq!(seqs.len(), 4);
         let rw = format!(
             "{BASE}{}",
-            listener("history", start_at, &format!("  rewind: {{to: {{sequence: {}}}, id: acks-{start_at}}}\n", base + 1))
+            listener(
+                "history",
+                start_at,
+                &format!("  rewind: {{to: {{sequence: {}}}, id: acks-{start_at}}}\n", base + 1)
+            )
         );
         let r = apply(&server, &dir, &rw, &[]);
         assert!(r.stdout.contains("rewound"), "{r:?}");
@@ -245,9 +260,16 @@ async fn an_ack_of_a_delivery_from_before_the_rewind_does_not_swallow_the_redeli
         let _ = js.get_stream("CW_ES_shop_orders").await.unwrap().info().await;
         let c = consumer(&js, "cw_shop_history").await;
         let (seqs, _) = drain(&c, true).await;
-        assert_eq!(seqs, (base + 1..=base + 4).collect::<Vec<_>>(), "{start_at}: every event comes again after the rewind");
+        assert_eq!(
+            seqs,
+            (base + 1..=base + 4).collect::<Vec<_>>(),
+            "{start_at}: every event comes again after the rewind"
+        );
         // Clean up for the next round.
-        assert_eq!(causeway(&["apply", "--nats", &server.url, "--prune", "-f", &write_file(&dir, "m.yaml", BASE)]).code, 0);
+        assert_eq!(
+            causeway(&["apply", "--nats", &server.url, "--prune", "-f", &write_file(&dir, "m.yaml", BASE)]).code,
+            0
+        );
     }
 }
 
@@ -264,7 +286,11 @@ async fn a_dry_run_shows_the_rewind_and_moves_nothing() {
     let r = apply(&server, &dir, &rw, &["--dry-run"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("Listener shop/history would be rewound to sequence 1"), "{}", r.stdout);
-    assert!(r.stdout.contains("consumer cw_shop_history: position delivered up to sequence 3 -> sequence 1"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("consumer cw_shop_history: position delivered up to sequence 3 -> sequence 1"),
+        "{}",
+        r.stdout
+    );
     assert!(drain(&c, true).await.0.is_empty(), "a dry run moved the consumer");
     assert!(record(&js, "history").await.rewound.is_none());
     // The real apply then does it.

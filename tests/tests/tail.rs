@@ -57,7 +57,11 @@ async fn append(js: &jetstream::Context, subject: &str, id: &str, event_type: &s
 
 async fn send(js: &jetstream::Context, id: &str, event_type: &str) {
     let env = envelope(id, event_type, None, 1);
-    js.publish(format!("cw.shop.to.inventory.shop.web.{event_type}"), env.encode().into()).await.unwrap().await.unwrap();
+    js.publish(format!("cw.shop.to.inventory.shop.web.{event_type}"), env.encode().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 fn lines(out: &str) -> Vec<Value> {
@@ -157,7 +161,17 @@ async fn tail_follows_a_whole_namespace_live_and_an_inbox() {
     send(&js, "old-send", "reserve").await;
 
     // The inbox alone.
-    let r = causeway(&["tail", "node/inventory", "--namespace", "shop", "--nats", &server.url, "--no-follow", "-o", "json"]);
+    let r = causeway(&[
+        "tail",
+        "node/inventory",
+        "--namespace",
+        "shop",
+        "--nats",
+        &server.url,
+        "--no-follow",
+        "-o",
+        "json",
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     let got = lines(&r.stdout);
     assert_eq!(got.len(), 1, "{got:?}");
@@ -190,7 +204,10 @@ async fn tail_follows_a_whole_namespace_live_and_an_inbox() {
     seen.sort();
     assert_eq!(
         seen,
-        [("live-1".to_owned(), "CW_ES_shop_orders".to_owned()), ("live-2".to_owned(), "CW_IN_shop_inventory".to_owned())],
+        [
+            ("live-1".to_owned(), "CW_ES_shop_orders".to_owned()),
+            ("live-2".to_owned(), "CW_IN_shop_inventory".to_owned())
+        ],
         "-n 0 shows nothing old, and both new events"
     );
     assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "nothing else");

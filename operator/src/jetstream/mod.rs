@@ -331,58 +331,57 @@ impl Reconciler {
         let mut updated = matches!(registry.step, Step::Created | Step::Updated);
         let ns = &obj.meta.namespace;
 
-        let (mut record, streams, consumer): (Record, Vec<stream::Config>, Option<(String, consumer::Config)>) = match &obj
-            .spec
-        {
-            Spec::EventStore(spec) => {
-                let rec = StoreRecord::resolve(obj.meta.clone(), spec);
-                let streams = vec![
-                    desired::global_kv(ns, self.registry_replicas),
-                    desired::store_stream(&rec),
-                    desired::blob_store(ns, self.registry_replicas),
-                ];
-                (Record::EventStore(rec), streams, None)
-            }
-            Spec::Node(spec) => {
-                let mut rec = NodeRecord::resolve(obj.meta.clone(), spec);
-                rec.credentials = self.node_credentials;
-                let streams = vec![
-                    desired::global_kv(ns, self.registry_replicas),
-                    desired::inbox_stream(&rec),
-                    desired::state_kv(&rec),
-                    desired::blob_store(ns, self.registry_replicas),
-                ];
-                (Record::Node(rec), streams, None)
-            }
-            Spec::Listener(spec) => {
-                let node_key = naming::registry_key(ns, Kind::Node, &spec.node);
-                // A dry run plans against the batch's node when the batch has one: that is the node
-                // the apply would write first.
-                let planned = if mode == Mode::DryRun { batch.nodes.get(&node_key).cloned() } else { None };
-                let node = match planned {
-                    Some(n) => Some(n),
-                    None => match self.read_record_key(&node_key).await? {
-                        Some(Record::Node(n)) => Some(n.spec),
-                        _ => None,
-                    },
-                };
-                let Some(node) = node else {
-                    return Ok(not_ready(
-                        reason::SOURCE_NOT_FOUND,
-                        format!(
-                            "node {:?} does not exist in namespace {ns}: create the Node, then this listener becomes ready",
-                            spec.node.as_str()
-                        ),
-                    ));
-                };
-                let rec = match ListenerRecord::resolve(obj.meta.clone(), spec, &node) {
-                    Ok(r) => r,
-                    Err(errs) => return Ok(not_ready(reason::INVALID_SPEC, join(&errs))),
-                };
-                let want = desired::listener_consumer(&rec);
-                (Record::Listener(rec.clone()), Vec::new(), Some((rec.stream.clone(), want)))
-            }
-        };
+        let (mut record, streams, consumer): (Record, Vec<stream::Config>, Option<(String, consumer::Config)>) =
+            match &obj.spec {
+                Spec::EventStore(spec) => {
+                    let rec = StoreRecord::resolve(obj.meta.clone(), spec);
+                    let streams = vec![
+                        desired::global_kv(ns, self.registry_replicas),
+                        desired::store_stream(&rec),
+                        desired::blob_store(ns, self.registry_replicas),
+                    ];
+                    (Record::EventStore(rec), streams, None)
+                }
+                Spec::Node(spec) => {
+                    let mut rec = NodeRecord::resolve(obj.meta.clone(), spec);
+                    rec.credentials = self.node_credentials;
+                    let streams = vec![
+                        desired::global_kv(ns, self.registry_replicas),
+                        desired::inbox_stream(&rec),
+                        desired::state_kv(&rec),
+                        desired::blob_store(ns, self.registry_replicas),
+                    ];
+                    (Record::Node(rec), streams, None)
+                }
+                Spec::Listener(spec) => {
+                    let node_key = naming::registry_key(ns, Kind::Node, &spec.node);
+                    // A dry run plans against the batch's node when the batch has one: that is the node
+                    // the apply would write first.
+                    let planned = if mode == Mode::DryRun { batch.nodes.get(&node_key).cloned() } else { None };
+                    let node = match planned {
+                        Some(n) => Some(n),
+                        None => match self.read_record_key(&node_key).await? {
+                            Some(Record::Node(n)) => Some(n.spec),
+                            _ => None,
+                        },
+                    };
+                    let Some(node) = node else {
+                        return Ok(not_ready(
+                            reason::SOURCE_NOT_FOUND,
+                            format!(
+                                "node {:?} does not exist in namespace {ns}: create the Node, then this listener becomes ready",
+                                spec.node.as_str()
+                            ),
+                        ));
+                    };
+                    let rec = match ListenerRecord::resolve(obj.meta.clone(), spec, &node) {
+                        Ok(r) => r,
+                        Err(errs) => return Ok(not_ready(reason::INVALID_SPEC, join(&errs))),
+                    };
+                    let want = desired::listener_consumer(&rec);
+                    (Record::Listener(rec.clone()), Vec::new(), Some((rec.stream.clone(), want)))
+                }
+            };
 
         let mut figures = Figures::default();
         for (i, want) in streams.iter().enumerate() {
@@ -965,10 +964,13 @@ impl Reconciler {
                     Err(e) => Ok(Err(format!("the consumer was moved but its metadata not written: {e}"))),
                 };
             }
-            Err(e) if matches!(
-                e.kind(),
-                ConsumerResetErrorKind::InvalidReset | ConsumerResetErrorKind::NotFound | ConsumerResetErrorKind::TimedOut
-            ) =>
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConsumerResetErrorKind::InvalidReset
+                        | ConsumerResetErrorKind::NotFound
+                        | ConsumerResetErrorKind::TimedOut
+                ) =>
             {
                 debug!(consumer = %name, error = %e, "reset not possible; recreating the consumer at the rewind position");
             }
@@ -986,7 +988,9 @@ impl Reconciler {
                 info!(consumer = %name, sequence, id = %r.id, "rewound consumer by recreating it");
                 Ok(Ok((status, c.info().await.ok().cloned())))
             }
-            Err(e) => Ok(Err(format!("the consumer was deleted but not created again (the next reconcile retries): {e}"))),
+            Err(e) => {
+                Ok(Err(format!("the consumer was deleted but not created again (the next reconcile retries): {e}")))
+            }
         }
     }
 
@@ -1002,20 +1006,16 @@ impl Reconciler {
             message: Option<Msg>,
         }
         let req = serde_json::json!({"start_time": t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)});
-        let got: jetstream::response::Response<Got> = self
-            .js
-            .request(format!("STREAM.MSG.GET.{stream}"), &req)
-            .await
-            .map_err(Error::nats(format!("find the first event of {stream} at {t}")))?;
+        let got: jetstream::response::Response<Got> =
+            self.js
+                .request(format!("STREAM.MSG.GET.{stream}"), &req)
+                .await
+                .map_err(Error::nats(format!("find the first event of {stream} at {t}")))?;
         match got {
             jetstream::response::Response::Ok(Got { message: Some(m) }) => Ok(m.seq),
             _ => {
                 // No event at or after t: start after the last one.
-                let s = self
-                    .get_stream(stream)
-                    .await?
-                    .map(|s| s.cached_info().state.last_sequence)
-                    .unwrap_or_default();
+                let s = self.get_stream(stream).await?.map(|s| s.cached_info().state.last_sequence).unwrap_or_default();
                 Ok(s + 1)
             }
         }
