@@ -91,5 +91,16 @@ pub fn check_listener(spec: &ListenerSpec) -> Vec<FieldError> {
     if spec.delivery.ack_wait.is_some_and(Duration::is_zero) {
         errs.push(FieldError::new("spec.delivery.ackWait", "ackWait must be longer than 0s, e.g. 30s"));
     }
+    if let Some(r) = &spec.rewind {
+        if r.id.trim().is_empty() {
+            errs.push(FieldError::new(
+                "spec.rewind.id",
+                "rewind.id must be a non-empty token (e.g. 2026-11-25-fix); a new id asks for a new rewind",
+            ));
+        }
+        if let Err(e) = r.to.position() {
+            errs.push(FieldError::new("spec.rewind.to", e));
+        }
+    }
     errs
 }

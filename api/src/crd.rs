@@ -647,6 +647,90 @@ pub struct ListenerSpec {
     /// Where events go that the app refuses (400, 404, 422) or that run out of attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetter>,
+    /// A one-shot move of the listener's position: {to: {sequence: N} | {time: RFC3339}, id}.
+    /// It is carried out once per new id (status.rewind records the last one); the consumer
+    /// and its settings stay, only its position moves. Leave it in place or remove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<Rewind>,
+}
+
+/// A one-shot rewind (or fast-forward) of a listener: done once for each new `id`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewind {
+    /// Where the listener moves to: exactly one of {sequence: N} or {time: RFC3339}.
+    pub to: RewindTo,
+    /// Any non-empty token (e.g. a date or a ticket number). A new id asks for a new rewind;
+    /// the same id again does nothing.
+    #[schemars(length(min = 1, max = 128))]
+    pub id: String,
+}
+
+/// The position of a rewind: exactly one of `sequence` or `time`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.sequence) != has(self.time)").message("rewind.to must name exactly one of sequence or time"))]
+pub struct RewindTo {
+    /// Redeliver from this stream sequence on (>= 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub sequence: Option<u64>,
+    /// Redeliver from the first event stored at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+/// Where a rewind goes, once checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RewindPosition {
+    /// From this stream sequence on.
+    Sequence(u64),
+    /// From the first event stored at or after this time.
+    Time(DateTime<Utc>),
+}
+
+impl RewindTo {
+    /// The checked position, or what is wrong with it.
+    pub fn position(&self) -> Result<RewindPosition, String> {
+        match (self.sequence, &self.time) {
+            (Some(0), None) => Err("rewind.to.sequence must be 1 or more (stream sequences start at 1)".into()),
+            (Some(n), None) => Ok(RewindPosition::Sequence(n)),
+            (None, Some(t)) => {
+                DateTime::parse_from_rfc3339(t).map(|t| RewindPosition::Time(t.with_timezone(&Utc))).map_err(|e| {
+                    format!("rewind.to.time {t:?} is not an RFC 3339 time such as 2026-11-25T12:00:00Z ({e})")
+                })
+            }
+            _ => Err("rewind.to must name exactly one of sequence or time, e.g. {sequence: 5}".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for RewindTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.sequence, &self.time) {
+            (Some(n), _) => write!(f, "sequence {n}"),
+            (None, Some(t)) => write!(f, "time {t}"),
+            (None, None) => f.write_str("nowhere"),
+        }
+    }
+}
+
+/// The last rewind carried out: in a Listener's status and in its registry record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewindStatus {
+    /// The id of spec.rewind it carried out.
+    pub id: String,
+    /// Where it was asked to go.
+    pub to: RewindTo,
+    /// The stream sequence the consumer was moved to: the next event it delivers is the first
+    /// one at or after it that the listener's filter matches.
+    pub sequence: u64,
+    /// The last stream sequence the consumer had delivered before the rewind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_sequence: Option<u64>,
+    /// When it was carried out (RFC 3339).
+    pub at: String,
 }
 
 /// The source of a listener: exactly one of `store` or `inbox`.
@@ -854,4 +938,7 @@ pub struct ListenerStatus {
     /// Events delivered more than once and not yet acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redelivered: Option<u64>,
+    /// The last rewind carried out (spec.rewind with this id is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<RewindStatus>,
 }

@@ -271,6 +271,10 @@ pub struct ListenerRecord {
     pub dead_letter: Option<ResolvedDeadLetter>,
     /// The spec it was resolved from.
     pub spec: ListenerSpec,
+    /// The last rewind carried out on its consumer (kept from record to record; set by the
+    /// reconcile, not by `resolve`). Sidecars refuse ack tokens handed out before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewound: Option<crate::crd::RewindStatus>,
 }
 
 impl ListenerRecord {
@@ -367,6 +371,7 @@ impl ListenerRecord {
             dead_letter,
             spec: spec.clone(),
             meta,
+            rewound: None,
         })
     }
 

@@ -10,6 +10,7 @@ mod nats;
 mod operator;
 mod signal;
 mod status;
+mod tail;
 mod tether;
 mod trace;
 
@@ -64,6 +65,13 @@ enum Command {
     /// --delete. See `causeway deadletters --help` for examples and exit codes.
     #[command(name = "deadletters")]
     DeadLetters(deadletters::DeadLettersArgs),
+    /// Follow a store, a node's inbox or a whole namespace live, with each event's causal fields.
+    ///
+    /// `kubectl logs -f` for the event space: shows the last 10 matching events (or what --since
+    /// asks for), then follows. Reads with ephemeral ordered consumers, so it leaves nothing
+    /// behind in JetStream and never moves a Listener. Exits 2 for bad flags, 1 when NATS or the
+    /// target cannot be read.
+    Tail(tail::TailArgs),
     /// Run Causeway locally: a nats-server (data in ./.causeway), the examples applied,
     /// one sidecar per Node, and the demo apps. Ctrl-C stops everything.
     Dev(dev::DevArgs),
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
         Command::Status(s) => block_on(status::run(s)),
         Command::Trace(t) => block_on(trace::run(t)),
         Command::DeadLetters(d) => block_on(deadletters::run(d)),
+        Command::Tail(t) => block_on(tail::run(t)),
         Command::DemoApp(a) => block_on(demo_app::run(a)),
         Command::Operator(a) => block_on(operator::run(*a)),
     }

@@ -70,7 +70,17 @@ impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let suffix = if self.dry_run { " (dry run)" } else { "" };
         match &self.result {
-            LineResult::Applied(o) if o.readiness.ready => write!(f, "{} {}{suffix}", self.object, o.action.as_str())?,
+            LineResult::Applied(o) if o.readiness.ready => {
+                write!(f, "{} {}{suffix}", self.object, o.action.as_str())?;
+                if let Some(rw) = &o.rewound {
+                    let note = crate::jetstream::rewind_note(rw);
+                    if self.dry_run {
+                        write!(f, "\n{} would be {note} (dry run)", self.object)?;
+                    } else {
+                        write!(f, "\n{} {note}", self.object)?;
+                    }
+                }
+            }
             LineResult::Applied(o) => {
                 write!(f, "{} error: {}: {}", self.object, o.readiness.reason, o.readiness.message)?
             }

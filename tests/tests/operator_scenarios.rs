@@ -315,3 +315,98 @@ async fn the_escape_hatch_annotation_lets_a_delete_object_go_without_touching_na
     run.await.unwrap().expect("reconcile");
     silent(&mut h).await;
 }
+
+const LISTENERS: &str = "/apis/causeway.dev/v1alpha1/namespaces/shop/listeners";
+
+/// A Listener `history` on store `orders` (node `history`), as the operator gets it.
+fn listener_with_rewind(rewind: Value) -> causeway_api::crd::Listener {
+    let spec = serde_json::from_value(json!({
+        "node": "history", "source": {"store": "orders"}, "startAt": "all",
+        "delivery": {"mode": "pull", "ackWait": "45s"}, "rewind": rewind,
+    }))
+    .unwrap();
+    let mut l = causeway_api::crd::Listener::new("history", spec);
+    l.meta_mut().namespace = Some("shop".into());
+    l.meta_mut().generation = Some(2);
+    l.meta_mut().uid = Some("uid-history".into());
+    l.meta_mut().resource_version = Some("1".into());
+    l.finalizers_mut().push(FINALIZER.into());
+    l
+}
+
+#[tokio::test]
+async fn a_rewind_with_a_new_id_moves_the_consumer_once_records_it_in_status_and_emits_rewound() {
+    use futures::StreamExt;
+    let server = NatsServer::start();
+    let nats = server.client().await;
+    let lines = causeway_operator::local::apply_yaml(
+        &nats,
+        r#"
+apiVersion: causeway.dev/v1alpha1
+kind: EventStore
+metadata: {name: orders, namespace: shop}
+spec: {}
+---
+apiVersion: causeway.dev/v1alpha1
+kind: Node
+metadata: {name: history, namespace: shop}
+spec: {}
+---
+apiVersion: causeway.dev/v1alpha1
+kind: Listener
+metadata: {name: history, namespace: shop}
+spec: {node: history, source: {store: orders}, startAt: all, delivery: {mode: pull, ackWait: 45s}}
+"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let js = jetstream::new(nats.clone());
+    for i in 0..4 {
+        js.publish(format!("cw.shop.es.orders.o{i}"), "x".into()).await.unwrap().await.unwrap();
+    }
+    let stream = js.get_stream("CW_ES_shop_orders").await.unwrap();
+    let c: jetstream::consumer::PullConsumer = stream.get_consumer("cw_shop_history").await.unwrap();
+    let mut got = c.fetch().max_messages(10).expires(Duration::from_millis(500)).messages().await.unwrap();
+    while let Some(m) = got.next().await {
+        m.unwrap().double_ack().await.unwrap();
+    }
+
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(svc, "default"), nats.clone(), options());
+    let obj = listener_with_rewind(json!({"to": {"sequence": 2}, "id": "fix-1"}));
+    let run = tokio::spawn(reconcile(Arc::new(obj.clone()), ctx.clone()));
+    let ev = expect(&mut h, "POST", EVENTS, json!({})).await;
+    assert_eq!((&ev["body"]["reason"], &ev["body"]["type"]), (&json!("Rewound"), &json!("Normal")), "{ev}");
+    let note = ev["body"]["note"].as_str().unwrap();
+    assert!(note.contains("rewound to sequence 2") && note.contains("delivered up to sequence 4"), "{note}");
+    let ev = expect(&mut h, "POST", EVENTS, json!({})).await;
+    assert_eq!(ev["body"]["reason"], "Updated", "{ev}");
+    let patch =
+        expect(&mut h, "PATCH", &format!("{LISTENERS}/history/status"), serde_json::to_value(&obj).unwrap()).await;
+    let status = patch["body"]["status"].clone();
+    assert_eq!(status["conditions"][0]["status"], "True", "{status}");
+    let rw = &status["rewind"];
+    assert_eq!((&rw["id"], &rw["sequence"], &rw["fromSequence"]), (&json!("fix-1"), &json!(2), &json!(4)), "{status}");
+    assert_eq!(rw["to"], json!({"sequence": 2}));
+    run.await.unwrap().expect("reconcile");
+    silent(&mut h).await;
+    let mut got = c.fetch().max_messages(10).expires(Duration::from_millis(500)).messages().await.unwrap();
+    let mut seqs = Vec::new();
+    while let Some(m) = got.next().await {
+        let m = m.unwrap();
+        seqs.push(m.info().unwrap().stream_sequence);
+        m.double_ack().await.unwrap();
+    }
+    assert_eq!(seqs, vec![2, 3, 4]);
+
+    // Resynced with that status and the same id: no event, no status write, nothing moves.
+    let mut current = obj;
+    current.status = Some(serde_json::from_value(status).unwrap());
+    let (mut api, mut kv, _spy) = jetstream_writes(&server).await;
+    reconcile(Arc::new(current), ctx).await.expect("reconcile");
+    silent(&mut h).await;
+    assert_eq!(writes_seen(&mut api, &mut kv).await, Vec::<String>::new(), "the same id writes nothing");
+    let mut got = c.fetch().max_messages(10).expires(Duration::from_millis(300)).messages().await.unwrap();
+    assert!(got.next().await.is_none(), "nothing redelivered");
+}

@@ -182,6 +182,7 @@ impl Managed for Listener {
             num_pending: keep(f.num_pending, "numPending"),
             num_ack_pending: keep(f.num_ack_pending, "numAckPending"),
             redelivered: keep(f.redelivered, "redelivered"),
+            rewind: f.rewind.clone().or_else(|| prev_figure(previous, "rewind")),
         })
     }
 }

@@ -290,6 +290,9 @@ async fn write_status<K: Managed>(
 
 /// Kubernetes Events for what a reconcile did: created, updated, or a transition to not ready.
 async fn announce<K: Managed>(ctx: &Context, obj: &K, was: Option<&Condition>, o: &jetstream::Outcome) {
+    if let Some(rw) = &o.rewound {
+        publish(ctx, obj, EventType::Normal, REASON_REWOUND, "Rewind", &jetstream::rewind_note(rw)).await;
+    }
     let r = &o.readiness;
     match (o.action, r.ready) {
         (CoreAction::Created, true) => {
@@ -309,6 +312,9 @@ async fn announce<K: Managed>(ctx: &Context, obj: &K, was: Option<&Condition>, o
         _ => {}
     }
 }
+
+/// The Event reason of a listener's rewind.
+pub const REASON_REWOUND: &str = "Rewound";
 
 /// Publishes an event; a failure to publish is logged, never fails the reconcile.
 async fn publish<K: Managed>(ctx: &Context, obj: &K, type_: EventType, reason: &str, action: &str, note: &str) {

@@ -12,7 +12,7 @@ use async_nats::jetstream::{
 };
 use causeway_api::{
     DnsLabel,
-    crd::{self, DEFAULT_MAX_CONSUMERS, Retention, RetentionKind, StartAt},
+    crd::{self, DEFAULT_MAX_CONSUMERS, Retention, RetentionKind, RewindStatus, StartAt},
     naming::{self, REGISTRY_BUCKET, REGISTRY_CHANGES_PREFIX},
     quantity::Duration,
     registry::{ListenerRecord, NodeRecord, StoreRecord},
@@ -264,8 +264,22 @@ pub fn listener_consumer(rec: &ListenerRecord) -> consumer::Config {
         filter_subjects,
         replay_policy: ReplayPolicy::Instant,
         max_ack_pending: d.max_in_flight as i64,
+        metadata: rec.rewound.iter().map(|r| (REWIND_METADATA.to_owned(), rewind_metadata(r))).collect(),
         ..Default::default()
     }
+}
+
+/// The consumer metadata key that records the last rewind done to a listener's consumer (its
+/// JSON), so a rewind is never done twice, even when the registry record is lost.
+pub const REWIND_METADATA: &str = "causeway.dev/rewind";
+
+fn rewind_metadata(r: &RewindStatus) -> String {
+    serde_json::to_string(r).unwrap_or_default()
+}
+
+/// The rewind a consumer's metadata records, if any.
+pub fn rewind_of(c: &consumer::Config) -> Option<RewindStatus> {
+    c.metadata.get(REWIND_METADATA).and_then(|v| serde_json::from_str(v).ok())
 }
 
 #[cfg(test)]

@@ -170,6 +170,9 @@ pub fn consumer(cur: &consumer::Config, want: &consumer::Config) -> Vec<Change> 
     d.cmp("ack_wait", cur.ack_wait, want.ack_wait, |v| dur(*v), false);
     d.cmp("max_deliver", norm_limit(cur.max_deliver), norm_limit(want.max_deliver), |v| lim(*v), false);
     d.cmp("max_ack_pending", norm_limit(cur.max_ack_pending), norm_limit(want.max_ack_pending), |v| lim(*v), false);
+    // Only Causeway's own key: the server adds keys of its own (`_nats.*`).
+    let rewind = |c: &consumer::Config| c.metadata.get(super::desired::REWIND_METADATA).cloned();
+    d.cmp("metadata.rewind", rewind(cur), rewind(want), |v| v.clone().unwrap_or_else(|| "none".into()), false);
     d.changes
 }
 

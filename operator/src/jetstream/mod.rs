@@ -23,7 +23,7 @@ use async_nats::jetstream::{
 use causeway_api::{
     DnsLabel, Kind,
     check::{self, FieldError},
-    crd::{DeletionPolicy, EventStoreSpec, ListenerSpec, NodeSpec},
+    crd::{DeletionPolicy, EventStoreSpec, ListenerSpec, NodeSpec, RewindPosition, RewindStatus},
     naming::{self, REGISTRY_BUCKET},
     registry::{ListenerRecord, Meta, NodeRecord, Record, StoreRecord},
 };
@@ -240,6 +240,8 @@ pub struct Figures {
     pub num_ack_pending: Option<u64>,
     /// Consumer: redelivered, not acked.
     pub redelivered: Option<u64>,
+    /// Listener: the last rewind carried out on its consumer.
+    pub rewind: Option<RewindStatus>,
 }
 
 /// The result of one reconcile.
@@ -257,6 +259,8 @@ pub struct Outcome {
     pub record: Option<Record>,
     /// What the schema check found, when the object declares schemas.
     pub schemas: Option<SchemaCheck>,
+    /// A listener's rewind carried out by this reconcile (in dry-run: the one it would do).
+    pub rewound: Option<RewindStatus>,
 }
 
 /// Whether an object's schemas accept the events already stored (see
@@ -392,68 +396,67 @@ impl Reconciler {
         let mut updated = matches!(registry.step, Step::Created | Step::Updated);
         let ns = &obj.meta.namespace;
 
-        let (record, streams, consumer): (Record, Vec<stream::Config>, Option<(String, consumer::Config)>) = match &obj
-            .spec
-        {
-            Spec::EventStore(spec) => {
-                let mut rec = StoreRecord::resolve(obj.meta.clone(), spec);
-                match schemas::resolve(&spec.schemas, &obj.config_maps, ns) {
-                    Ok(s) => rec.schemas = s,
-                    Err((why, msg)) => return Ok(not_ready(why, msg)),
+        let (mut record, streams, consumer): (Record, Vec<stream::Config>, Option<(String, consumer::Config)>) =
+            match &obj.spec {
+                Spec::EventStore(spec) => {
+                    let mut rec = StoreRecord::resolve(obj.meta.clone(), spec);
+                    match schemas::resolve(&spec.schemas, &obj.config_maps, ns) {
+                        Ok(s) => rec.schemas = s,
+                        Err((why, msg)) => return Ok(not_ready(why, msg)),
+                    }
+                    let streams = vec![
+                        desired::global_kv(ns, self.registry_replicas),
+                        desired::store_stream(&rec),
+                        desired::blob_store(ns, self.registry_replicas),
+                        desired::trace_stream(ns, self.registry_replicas),
+                    ];
+                    (Record::EventStore(rec), streams, None)
                 }
-                let streams = vec![
-                    desired::global_kv(ns, self.registry_replicas),
-                    desired::store_stream(&rec),
-                    desired::blob_store(ns, self.registry_replicas),
-                    desired::trace_stream(ns, self.registry_replicas),
-                ];
-                (Record::EventStore(rec), streams, None)
-            }
-            Spec::Node(spec) => {
-                let mut rec = NodeRecord::resolve(obj.meta.clone(), spec);
-                rec.credentials = self.node_credentials.unwrap_or_default();
-                match schemas::resolve(&spec.schemas, &obj.config_maps, ns) {
-                    Ok(s) => rec.schemas = s,
-                    Err((why, msg)) => return Ok(not_ready(why, msg)),
+                Spec::Node(spec) => {
+                    let mut rec = NodeRecord::resolve(obj.meta.clone(), spec);
+                    rec.credentials = self.node_credentials.unwrap_or_default();
+                    match schemas::resolve(&spec.schemas, &obj.config_maps, ns) {
+                        Ok(s) => rec.schemas = s,
+                        Err((why, msg)) => return Ok(not_ready(why, msg)),
+                    }
+                    let streams = vec![
+                        desired::global_kv(ns, self.registry_replicas),
+                        desired::inbox_stream(&rec),
+                        desired::state_kv(&rec),
+                        desired::blob_store(ns, self.registry_replicas),
+                        desired::trace_stream(ns, self.registry_replicas),
+                    ];
+                    (Record::Node(rec), streams, None)
                 }
-                let streams = vec![
-                    desired::global_kv(ns, self.registry_replicas),
-                    desired::inbox_stream(&rec),
-                    desired::state_kv(&rec),
-                    desired::blob_store(ns, self.registry_replicas),
-                    desired::trace_stream(ns, self.registry_replicas),
-                ];
-                (Record::Node(rec), streams, None)
-            }
-            Spec::Listener(spec) => {
-                let node_key = naming::registry_key(ns, Kind::Node, &spec.node);
-                // A dry run plans against the batch's node when the batch has one: that is the node
-                // the apply would write first.
-                let planned = if mode == Mode::DryRun { batch.nodes.get(&node_key).cloned() } else { None };
-                let node = match planned {
-                    Some(n) => Some(n),
-                    None => match self.read_record_key(&node_key).await? {
-                        Some(Record::Node(n)) => Some(n.spec),
-                        _ => None,
-                    },
-                };
-                let Some(node) = node else {
-                    return Ok(not_ready(
-                        reason::SOURCE_NOT_FOUND,
-                        format!(
-                            "node {:?} does not exist in namespace {ns}: create the Node, then this listener becomes ready",
-                            spec.node.as_str()
-                        ),
-                    ));
-                };
-                let rec = match ListenerRecord::resolve(obj.meta.clone(), spec, &node) {
-                    Ok(r) => r,
-                    Err(errs) => return Ok(not_ready(reason::INVALID_SPEC, join(&errs))),
-                };
-                let want = desired::listener_consumer(&rec);
-                (Record::Listener(rec.clone()), Vec::new(), Some((rec.stream.clone(), want)))
-            }
-        };
+                Spec::Listener(spec) => {
+                    let node_key = naming::registry_key(ns, Kind::Node, &spec.node);
+                    // A dry run plans against the batch's node when the batch has one: that is the node
+                    // the apply would write first.
+                    let planned = if mode == Mode::DryRun { batch.nodes.get(&node_key).cloned() } else { None };
+                    let node = match planned {
+                        Some(n) => Some(n),
+                        None => match self.read_record_key(&node_key).await? {
+                            Some(Record::Node(n)) => Some(n.spec),
+                            _ => None,
+                        },
+                    };
+                    let Some(node) = node else {
+                        return Ok(not_ready(
+                            reason::SOURCE_NOT_FOUND,
+                            format!(
+                                "node {:?} does not exist in namespace {ns}: create the Node, then this listener becomes ready",
+                                spec.node.as_str()
+                            ),
+                        ));
+                    };
+                    let rec = match ListenerRecord::resolve(obj.meta.clone(), spec, &node) {
+                        Ok(r) => r,
+                        Err(errs) => return Ok(not_ready(reason::INVALID_SPEC, join(&errs))),
+                    };
+                    let want = desired::listener_consumer(&rec);
+                    (Record::Listener(rec.clone()), Vec::new(), Some((rec.stream.clone(), want)))
+                }
+            };
 
         let mut figures = Figures::default();
         for (i, want) in streams.iter().enumerate() {
@@ -481,7 +484,7 @@ impl Reconciler {
             }
         }
 
-        if let (Some((stream_name, want)), Record::Listener(rec)) = (&consumer, &record) {
+        if let (Some((stream_name, _)), Record::Listener(rec)) = (&consumer, &record) {
             let stream = self.get_stream(stream_name).await?;
             let planned = |s: &str| mode == Mode::DryRun && batch.streams.contains(s);
             if stream.is_none() && planned(stream_name) {
@@ -492,6 +495,7 @@ impl Reconciler {
                     figures,
                     record: Some(record),
                     schemas: None,
+                    rewound: None,
                 });
             }
             let Some(stream) = stream else {
@@ -534,7 +538,16 @@ impl Reconciler {
                     ),
                 ));
             }
-            let (step, ch, info) = self.ensure_consumer(&stream, want, mode).await?;
+            // The last rewind done: the registry record says, else the consumer's own metadata
+            // (so a lost record never makes a rewind happen twice).
+            let mut rec = rec.clone();
+            let current = self.consumer_info(&stream, &rec.consumer).await?;
+            rec.rewound = match self.read_record_key(&record.key()).await? {
+                Some(Record::Listener(p)) if p.rewound.is_some() => p.rewound,
+                _ => current.as_ref().and_then(|i| desired::rewind_of(&i.config)),
+            };
+            let want = desired::listener_consumer(&rec);
+            let (step, ch, mut info) = self.ensure_consumer(&stream, current, &want, mode).await?;
             changes.extend(ch);
             if let Some(o) = stopped(&step, obj, &format!("consumer {}", rec.consumer), &changes, &figures) {
                 return Ok(o);
@@ -544,6 +557,47 @@ impl Reconciler {
                 Step::Updated => updated = true,
                 Step::Unchanged | Step::Immutable | Step::Rejected(_) => {}
             }
+            if let Some(r) = &rec.spec.rewind
+                && rec.rewound.as_ref().is_none_or(|done| done.id != r.id)
+            {
+                match self.rewind(&stream, &rec, r, info.as_ref(), mode).await? {
+                    Ok((status, after)) => {
+                        changes.push(Change {
+                            object: format!("consumer {}", rec.consumer),
+                            field: "position",
+                            from: status
+                                .from_sequence
+                                .map(|s| format!("delivered up to sequence {s}"))
+                                .unwrap_or_else(|| "new".into()),
+                            to: format!("sequence {} (rewind {:?} to {})", status.sequence, r.id, r.to),
+                            immutable: false,
+                        });
+                        if after.is_some() {
+                            info = after;
+                        }
+                        if !created {
+                            updated = true;
+                        }
+                        rec.rewound = Some(status);
+                    }
+                    Err(msg) => {
+                        return Ok(Outcome {
+                            action: if created { Action::Created } else { Action::Unchanged },
+                            changes,
+                            readiness: Readiness::not(
+                                reason::JETSTREAM_REJECTED,
+                                format!("rewind {:?} of consumer {}: {msg}", r.id, rec.consumer),
+                            ),
+                            figures,
+                            record: None,
+                            schemas: None,
+                            rewound: None,
+                        });
+                    }
+                }
+            }
+            figures.rewind = rec.rewound.clone();
+            record = Record::Listener(rec);
             if let Some(info) = info {
                 figures.num_pending = Some(info.num_pending);
                 figures.num_ack_pending = Some(info.num_ack_pending as u64);
@@ -575,6 +629,10 @@ impl Reconciler {
         if action != Action::Unchanged {
             info!(object = %obj.display(), action = action.as_str(), dry_run = (mode == Mode::DryRun), "reconciled");
         }
+        let rewound = match &record {
+            Record::Listener(l) if changes.iter().any(|c| c.field == "position") => l.rewound.clone(),
+            _ => None,
+        };
         Ok(Outcome {
             action,
             changes,
@@ -582,6 +640,7 @@ impl Reconciler {
             figures,
             record: Some(record),
             schemas: schema_check,
+            rewound,
         })
     }
 
@@ -912,23 +971,29 @@ impl Reconciler {
         Ok(result(Step::Updated, changes, state, Some(want)))
     }
 
+    async fn consumer_info(&self, stream: &Stream, name: &str) -> Result<Option<consumer::Info>> {
+        match stream.consumer_info(name).await {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => Ok(None),
+            Err(e) => match e.kind() {
+                ConsumerInfoErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND => {
+                    Ok(None)
+                }
+                _ => Err(Error::nats(format!("consumer info {name}"))(e)),
+            },
+        }
+    }
+
+    /// Creates or updates a listener's consumer. A consumer that was rewound keeps the start
+    /// position the rewind gave it: its deliver policy is the rewind's, not drift.
     async fn ensure_consumer(
         &self,
         stream: &Stream,
+        current: Option<consumer::Info>,
         want: &consumer::Config,
         mode: Mode,
     ) -> Result<(Step, Vec<Change>, Option<consumer::Info>)> {
         let name = want.durable_name.clone().unwrap_or_default();
-        let current = match stream.consumer_info(&name).await {
-            Ok(info) => Some(info),
-            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => None,
-            Err(e) => match e.kind() {
-                ConsumerInfoErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND => {
-                    None
-                }
-                _ => return Err(Error::nats(format!("consumer info {name}"))(e)),
-            },
-        };
         let Some(info) = current else {
             if mode == Mode::DryRun {
                 return Ok((Step::Created, Vec::new(), None));
@@ -942,6 +1007,11 @@ impl Reconciler {
                 Err(e) => Ok((Step::Rejected(e.to_string()), Vec::new(), None)),
             };
         };
+        let mut want = want.clone();
+        if desired::rewind_of(&info.config).is_some() {
+            want.deliver_policy = info.config.deliver_policy;
+        }
+        let want = &want;
         let changes = diff::consumer(&info.config, want);
         if changes.is_empty() {
             return Ok((Step::Unchanged, changes, Some(info)));
@@ -963,6 +1033,112 @@ impl Reconciler {
     }
 }
 
+impl Reconciler {
+    /// Moves a listener's consumer to `r.to`, keeping the consumer and its settings. On
+    /// nats-server 2.14+ with a consumer whose deliver policy allows it (all, or a start at or
+    /// before the target), the consumer is reset in place (`$JS.API.CONSUMER.RESET`); otherwise
+    /// it is deleted and created again with the same settings, starting at the target. Either
+    /// way its metadata records the rewind. `Ok(Err(message))` when JetStream refused.
+    async fn rewind(
+        &self,
+        stream: &Stream,
+        rec: &ListenerRecord,
+        r: &causeway_api::crd::Rewind,
+        info: Option<&consumer::Info>,
+        mode: Mode,
+    ) -> Result<std::result::Result<(RewindStatus, Option<consumer::Info>), String>> {
+        use async_nats::jetstream::stream::ConsumerResetErrorKind;
+        let position = match r.to.position() {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let from_sequence = info.map(|i| i.delivered.stream_sequence).filter(|s| *s > 0);
+        let sequence = match position {
+            RewindPosition::Sequence(n) => n,
+            RewindPosition::Time(t) => self.first_sequence_at(&rec.stream, t).await?,
+        };
+        let status = RewindStatus {
+            id: r.id.clone(),
+            to: r.to.clone(),
+            sequence,
+            from_sequence,
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        if mode == Mode::DryRun {
+            return Ok(Ok((status, None)));
+        }
+        let mut done = rec.clone();
+        done.rewound = Some(status.clone());
+        let mut want = desired::listener_consumer(&done);
+        let name = rec.consumer.clone();
+        match stream.reset_consumer(&name, Some(sequence)).await {
+            Ok(reset) => {
+                info!(consumer = %name, sequence, id = %r.id, "rewound consumer in place");
+                // Record the rewind on the consumer itself, with the deliver policy it has.
+                want.deliver_policy = reset.info.config.deliver_policy;
+                return match self.js.update_consumer_on_stream(want, &rec.stream).await {
+                    Ok(mut c) => Ok(Ok((status, c.info().await.ok().cloned()))),
+                    Err(e) => Ok(Err(format!("the consumer was moved but its metadata not written: {e}"))),
+                };
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConsumerResetErrorKind::InvalidReset
+                        | ConsumerResetErrorKind::NotFound
+                        | ConsumerResetErrorKind::TimedOut
+                ) =>
+            {
+                debug!(consumer = %name, error = %e, "reset not possible; recreating the consumer at the rewind position");
+            }
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+        // Delete and create again: the same settings, starting at the target.
+        want.deliver_policy = consumer::DeliverPolicy::ByStartSequence { start_sequence: sequence };
+        if let Err(e) = stream.delete_consumer(&name).await
+            && self.consumer_info(stream, &name).await?.is_some()
+        {
+            return Ok(Err(format!("cannot delete the consumer to recreate it: {e}")));
+        }
+        match stream.create_consumer(want).await {
+            Ok(mut c) => {
+                info!(consumer = %name, sequence, id = %r.id, "rewound consumer by recreating it");
+                Ok(Ok((status, c.info().await.ok().cloned())))
+            }
+            Err(e) => {
+                Ok(Err(format!("the consumer was deleted but not created again (the next reconcile retries): {e}")))
+            }
+        }
+    }
+
+    /// The sequence of the first event `stream` stored at or after `t`; past the last one when
+    /// none was.
+    async fn first_sequence_at(&self, stream: &str, t: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        #[derive(serde::Deserialize)]
+        struct Msg {
+            seq: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Got {
+            message: Option<Msg>,
+        }
+        let req = serde_json::json!({"start_time": t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)});
+        let got: jetstream::response::Response<Got> =
+            self.js
+                .request(format!("STREAM.MSG.GET.{stream}"), &req)
+                .await
+                .map_err(Error::nats(format!("find the first event of {stream} at {t}")))?;
+        match got {
+            jetstream::response::Response::Ok(Got { message: Some(m) }) => Ok(m.seq),
+            _ => {
+                // No event at or after t: start after the last one.
+                let s = self.get_stream(stream).await?.map(|s| s.cached_info().state.last_sequence).unwrap_or_default();
+                Ok(s + 1)
+            }
+        }
+    }
+}
+
 /// A shared stream as it is, with the fields every Causeway depends on set as `want` says:
 /// its consumer cap, direct gets (loads and the registry read with them) and the registry's
 /// change feed.
@@ -972,6 +1148,16 @@ fn shared_fields(current: &stream::Config, want: &stream::Config) -> stream::Con
     c.allow_direct = want.allow_direct;
     c.republish = want.republish.clone();
     c
+}
+
+/// `rewound to sequence 5 (rewind "fix-1" to time …; it had delivered up to sequence 9)`.
+pub fn rewind_note(rw: &RewindStatus) -> String {
+    let mut note = format!("rewound to sequence {} (rewind {:?} to {}", rw.sequence, rw.id, rw.to);
+    if let Some(f) = rw.from_sequence {
+        note.push_str(&format!("; it had delivered up to sequence {f}"));
+    }
+    note.push(')');
+    note
 }
 
 fn join(errs: &[FieldError]) -> String {
@@ -996,6 +1182,7 @@ fn stopped(step: &Step, obj: &Object, what: &str, changes: &[Change], figures: &
         figures: figures.clone(),
         record: None,
         schemas: None,
+        rewound: None,
     })
 }
 
@@ -1007,6 +1194,7 @@ fn not_ready(reason: &'static str, message: String) -> Outcome {
         figures: Figures::default(),
         record: None,
         schemas: None,
+        rewound: None,
     }
 }
 
@@ -1019,7 +1207,7 @@ fn immutable_message(obj: &Object, fields: &[String]) -> String {
             "JetStream cannot change this on a live inbox. To migrate: create a new Node, point its listeners and senders at it, let this inbox drain, then delete this one. The inbox was left untouched."
         }
         Kind::Listener => {
-            "startAt only applies when the consumer is created. To restart from another position, delete the Listener and create it again (its position is lost). The consumer was left untouched."
+            "startAt only applies when the consumer is created. To move the listener to another position, set spec.rewind {to: {sequence: N} or {time: RFC3339}, id: <new token>} instead: the consumer keeps its settings. The consumer was left untouched."
         }
     };
     format!("{}: {}. {how}", obj.display(), fields.join("; "))
