@@ -605,7 +605,6 @@ impl Reconciler {
             }
         }
 
-        let mut record = record;
         let schema_check = self.check_schemas(&mut record, &figures).await?;
         if let Some(previous) = self.put_record(&record, mode).await?
             && !created
