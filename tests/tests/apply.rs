@@ -354,6 +354,26 @@ async fn invalid_manifests_fail_precisely_and_create_nothing() {
             listener("  source: {store: s, inbox: inv}\n"),
             "spec.source: source must name exactly one of store or inbox",
         ),
+        (
+            "order-by-with-ordered",
+            listener("  source: {store: s}\n  delivery: {orderBy: subject, ordered: true}\n"),
+            "spec.delivery.orderBy: orderBy and ordered: true exclude each other",
+        ),
+        (
+            "order-by-pull",
+            listener("  source: {store: s}\n  delivery: {orderBy: 'token:2', mode: pull}\n"),
+            "spec.delivery.orderBy: orderBy needs mode: push",
+        ),
+        (
+            "order-by-token-0",
+            listener("  source: {store: s}\n  delivery: {orderBy: 'token:0'}\n"),
+            "orderBy must be subject or token:N",
+        ),
+        (
+            "order-by-word",
+            listener("  source: {store: s}\n  delivery: {orderBy: type}\n"),
+            "orderBy must be subject or token:N",
+        ),
     ];
     for (name, text, expect) in &cases {
         let good = write_file(&dir, "good.yaml", &STORE.replace("ledger", "fine"));

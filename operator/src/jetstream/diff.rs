@@ -170,6 +170,13 @@ pub fn consumer(cur: &consumer::Config, want: &consumer::Config) -> Vec<Change> 
     d.cmp("ack_wait", cur.ack_wait, want.ack_wait, |v| dur(*v), false);
     d.cmp("max_deliver", norm_limit(cur.max_deliver), norm_limit(want.max_deliver), |v| lim(*v), false);
     d.cmp("max_ack_pending", norm_limit(cur.max_ack_pending), norm_limit(want.max_ack_pending), |v| lim(*v), false);
+    // nats-server updates these on a live consumer (delivery.orderBy turned on or off).
+    d.cmp("priority_policy", cur.priority_policy.clone(), want.priority_policy.clone(), |v| text(v), false);
+    d.cmp("priority_groups", cur.priority_groups.clone(), want.priority_groups.clone(), |v| v.join(","), false);
+    let pinned = want.priority_policy == consumer::PriorityPolicy::PinnedClient;
+    if pinned {
+        d.cmp("priority_timeout", cur.priority_timeout, want.priority_timeout, |v| dur(*v), false);
+    }
     d.changes
 }
 
