@@ -516,6 +516,26 @@ mod tests {
     }
 
     #[test]
+    fn order_keys_come_from_the_relative_subject() {
+        let mut s = listener(serde_json::json!({"store": "orders"}));
+        assert_eq!(s.order_key("cw.shop.es.orders.acct.42.moves"), None, "no orderBy, no key");
+        s.delivery.order_by = Some(OrderBy::Token(2));
+        assert_eq!(s.order_key("cw.shop.es.orders.acct.42.moves"), Some("42"));
+        assert_eq!(s.order_key("cw.shop.replay.es.orders.reserve.acct.42.moves"), Some("42"), "a replay keeps its key");
+        assert_eq!(s.order_key("cw.shop.es.orders.lonely"), Some("lonely"), "too few tokens: the subject");
+        s.delivery.order_by = Some(OrderBy::Subject);
+        assert_eq!(s.order_key("cw.shop.es.orders.acct.42.moves"), Some("acct.42.moves"));
+        let mut i = listener(serde_json::json!({"inbox": "inventory"}));
+        i.delivery.order_by = Some(OrderBy::Subject);
+        assert_eq!(i.order_key("cw.shop.to.inventory.shop.orders.order.placed"), Some("order.placed"));
+        assert_eq!(i.order_key("cw.shop.in.inventory.order.placed"), Some("order.placed"));
+        i.delivery.order_by = Some(OrderBy::Token(1));
+        assert_eq!(i.order_key("cw.shop.to.inventory.shop.orders.order.placed"), Some("order"));
+        assert_eq!("token:3".parse::<OrderBy>(), Ok(OrderBy::Token(3)));
+        assert!("token:0".parse::<OrderBy>().is_err() && "token:17".parse::<OrderBy>().is_err());
+    }
+
+    #[test]
     fn an_inbox_event_must_say_what_its_subject_proves() {
         let l = listener(serde_json::json!({"inbox": "inventory"}));
         let subject = "cw.shop.to.inventory.shop.orders.order.placed";

@@ -80,11 +80,7 @@ type Handler = Arc<dyn Fn(&Received) -> (u16, Value) + Send + Sync>;
 
 /// An app handler that takes `work` per event and records it; `fail` says which (key, n, try)
 /// answer 503.
-fn recorder(
-    seen: Shared,
-    work: Duration,
-    fail: impl Fn(&str, u64, usize) -> bool + Send + Sync + 'static,
-) -> Handler {
+fn recorder(seen: Shared, work: Duration, fail: impl Fn(&str, u64, usize) -> bool + Send + Sync + 'static) -> Handler {
     Arc::new(move |r: &Received| {
         let key = r.body["payload"]["key"].as_str().unwrap_or_default().to_owned();
         let n = r.body["payload"]["n"].as_u64().unwrap_or(u64::MAX);
