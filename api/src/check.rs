@@ -2,7 +2,7 @@
 //!
 //! `causeway apply` and the operator both call these after the schema and CEL checks.
 
-use crate::crd::{Compression, EventStoreSpec, ListenerSpec, NodeSpec, Retention, StorageType};
+use crate::crd::{Compression, DeliveryMode, EventStoreSpec, ListenerSpec, NodeSpec, Retention, StorageType};
 use crate::quantity::Duration;
 
 /// A field-level problem with a spec.
@@ -87,6 +87,18 @@ pub fn check_listener(spec: &ListenerSpec) -> Vec<FieldError> {
     }
     if spec.delivery.backoff.as_ref().is_some_and(|b| b.is_empty()) {
         errs.push(FieldError::new("spec.delivery.backoff", "backoff needs at least one delay, or leave it out"));
+    }
+    if spec.delivery.order_by.is_some() && spec.delivery.ordered {
+        errs.push(FieldError::new(
+            "spec.delivery.orderBy",
+            "orderBy and ordered: true exclude each other: ordered delivers one event at a time for the whole listener, orderBy one at a time per key; keep one",
+        ));
+    }
+    if spec.delivery.order_by.is_some() && spec.delivery.mode == DeliveryMode::Pull {
+        errs.push(FieldError::new(
+            "spec.delivery.orderBy",
+            "orderBy needs mode: push (the sidecar keeps the order per key; a pull app fetches and acks on its own)",
+        ));
     }
     if spec.delivery.ack_wait.is_some_and(Duration::is_zero) {
         errs.push(FieldError::new("spec.delivery.ackWait", "ackWait must be longer than 0s, e.g. 30s"));

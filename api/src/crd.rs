@@ -849,8 +849,10 @@ pub enum DeliveryMode {
 }
 
 /// How a listener's events reach the app. Unset fields come from the node's delivery.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.orderBy) || !has(self.ordered) || !self.ordered").message("orderBy and ordered: true exclude each other: ordered delivers one event at a time for the whole listener, orderBy one at a time per key; keep one"))]
+#[x_kube(validation = Rule::new("!has(self.orderBy) || !has(self.mode) || self.mode == 'push'").message("orderBy needs mode: push (the sidecar keeps the order per key; a pull app fetches and acks on its own)"))]
 pub struct ListenerDelivery {
     /// push (default) or pull.
     #[serde(default)]
@@ -879,6 +881,82 @@ pub struct ListenerDelivery {
     /// Deliver one event at a time, in stream order.
     #[serde(default)]
     pub ordered: bool,
+    /// Keep stream order per key, and run different keys in parallel up to maxInFlight, across
+    /// all replicas of the node: `subject` (the event's subject relative to the store; in an
+    /// inbox, its type) or `token:N` (the N-th token, 1-based, of that subject). Push only; not
+    /// with ordered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_by: Option<OrderBy>,
+}
+
+/// What keeps its order under `delivery.orderBy`: the event's relative subject, or one token of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderBy {
+    /// The whole subject relative to the store (the type, in an inbox).
+    Subject,
+    /// The N-th token (1-based) of that subject; a subject with fewer tokens is its own key.
+    Token(u8),
+}
+
+impl OrderBy {
+    /// The ordering key of an event at `relative` (its subject relative to the store or inbox).
+    pub fn key<'a>(&self, relative: &'a str) -> &'a str {
+        match self {
+            OrderBy::Subject => relative,
+            OrderBy::Token(n) => relative.split('.').nth(*n as usize - 1).unwrap_or(relative),
+        }
+    }
+}
+
+impl std::fmt::Display for OrderBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderBy::Subject => f.write_str("subject"),
+            OrderBy::Token(n) => write!(f, "token:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for OrderBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        const HOW: &str = "orderBy must be subject or token:N (N from 1 to 16), e.g. token:2";
+        match s {
+            "subject" => Ok(OrderBy::Subject),
+            _ => match s.strip_prefix("token:").map(str::parse::<u8>) {
+                Some(Ok(n)) if (1..=16).contains(&n) => Ok(OrderBy::Token(n)),
+                _ => Err(format!("{s:?}: {HOW}")),
+            },
+        }
+    }
+}
+
+impl Serialize for OrderBy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderBy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for OrderBy {
+    fn schema_name() -> Cow<'static, str> {
+        "OrderBy".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^(subject|token:([1-9]|1[0-6]))$",
+            "description": "Keep stream order per key, and run different keys in parallel up to maxInFlight, across all replicas of the node: subject (the event's subject relative to the store; in an inbox, its type) or token:N (the N-th token, 1-based, of that subject). Push only; not with ordered."
+        })
+    }
 }
 
 /// The dead letter of a listener: an event store and a subject in it.

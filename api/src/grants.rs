@@ -110,6 +110,9 @@ pub fn node_grants(
     for l in listeners.iter().filter(|l| l.meta.namespace == *ns && l.node == *n) {
         publish.insert(naming::js_consumer_info(&l.stream, &l.consumer));
         publish.insert(naming::js_consumer_next(&l.stream, &l.consumer));
+        if l.delivery.order_by.is_some() {
+            publish.insert(naming::js_consumer_unpin(&l.stream, &l.consumer));
+        }
         publish.insert(naming::join_subject(&naming::js_ack_prefix(&l.stream, &l.consumer), ">"));
         if let Some(dl) = &l.dead_letter {
             publish.insert(dl.nats_subject.clone());

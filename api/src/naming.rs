@@ -105,6 +105,13 @@ pub fn js_consumer_next(stream: &str, consumer: &str) -> String {
     format!("{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}")
 }
 
+/// Release of the pinned client of priority group `g` on durable `c` of stream `s` (body
+/// `{"group": g}`): `$JS.API.CONSUMER.UNPIN.<s>.<c>`. A sidecar that stops hands its
+/// `delivery.orderBy` keys over at once instead of after the pin's timeout.
+pub fn js_consumer_unpin(stream: &str, consumer: &str) -> String {
+    format!("{JS_API_PREFIX}.CONSUMER.UNPIN.{stream}.{consumer}")
+}
+
 /// Prefix of the reply subjects of messages delivered by consumer `c` of stream `s`, where
 /// acks, naks and terms are published: `$JS.ACK.<s>.<c>` (the server appends delivery
 /// counters and sequences).

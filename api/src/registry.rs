@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     check::FieldError,
-    crd::{AppSpec, DeliveryMode, EventStoreSpec, ListenerSpec, NodeSpec},
+    crd::{AppSpec, DeliveryMode, EventStoreSpec, ListenerSpec, NodeSpec, OrderBy},
     names::{DnsLabel, is_wildcard},
     naming::{self, Kind},
     quantity::Duration,
@@ -218,11 +218,30 @@ pub struct ResolvedDelivery {
     pub max_in_flight: u32,
     /// One at a time, in order.
     pub ordered: bool,
+    /// One at a time per key, keys in parallel (a pinned-client consumer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_by: Option<OrderBy>,
     /// Skip redeliveries already handled.
     pub exactly_once: bool,
 }
 
+/// The priority group a `delivery.orderBy` listener's sidecars pull in; the server pins one
+/// client of it at a time.
+pub const ORDER_BY_GROUP: &str = "cw";
+/// How long one pull of a `delivery.orderBy` listener waits before the sidecar asks again; each
+/// pull renews the pin, so it must stay well below [`ResolvedDelivery::pinned_ttl`].
+pub const ORDER_BY_PULL_EXPIRES: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl ResolvedDelivery {
+    /// How long the server keeps a `delivery.orderBy` listener pinned to a replica that stopped
+    /// pulling, before it pins another. It exceeds ackWait plus two pulls (and a margin), so
+    /// that by the time another replica is pinned every event the silent one held has run out
+    /// of ackWait and waits, in stream order, for redelivery ahead of newer events: per-key
+    /// order survives a replica's death. It is therefore also the failover time.
+    pub fn pinned_ttl(&self) -> std::time::Duration {
+        self.ack_wait.get() + 2 * ORDER_BY_PULL_EXPIRES + std::time::Duration::from_secs(5)
+    }
+
     /// The nak delay after the given (1-based) failed attempt.
     pub fn backoff_for(&self, attempt: u64) -> Duration {
         let i = (attempt.max(1) - 1) as usize;
@@ -333,6 +352,7 @@ impl ListenerRecord {
             backoff: d.backoff.clone().unwrap_or_else(|| nd.backoff.clone()),
             max_in_flight: if d.ordered { 1 } else { d.max_in_flight.unwrap_or(nd.max_in_flight) },
             ordered: d.ordered,
+            order_by: d.order_by,
             exactly_once: nd.exactly_once,
         };
         if delivery.mode == DeliveryMode::Push && delivery.timeout >= delivery.ack_wait {
@@ -417,6 +437,29 @@ impl ListenerRecord {
         naming::join_subject(&self.replay_prefix(), rel)
     }
 
+    /// The subject of an event read at the full NATS `subject`, relative to its store (for an
+    /// inbox: its type), as `delivery.orderBy` sees it. Replayed dead letters keep the subject
+    /// they were replayed at (see [`Self::replay_subject`]), so they share their key.
+    pub fn relative_subject<'a>(&self, subject: &'a str) -> &'a str {
+        let ns = &self.meta.namespace;
+        if let Some(rest) = naming::strip_subject_prefix(&self.replay_prefix(), subject) {
+            return rest;
+        }
+        if self.source.kind == Kind::Node
+            && let Some((_, _, t)) =
+                naming::parse_inbox_sender(&naming::inbox_to_prefix(ns, &self.source.name), subject)
+        {
+            return t;
+        }
+        naming::strip_subject_prefix(&self.subject_prefix, subject).unwrap_or(subject)
+    }
+
+    /// The `delivery.orderBy` key of an event read at the full NATS `subject`, if the listener
+    /// orders by key.
+    pub fn order_key<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        self.delivery.order_by.map(|o| o.key(self.relative_subject(subject)))
+    }
+
     /// True when an event of this type is for this listener.
     pub fn wants_type(&self, event_type: &str) -> bool {
         self.types.is_empty() || self.types.iter().any(|f| crate::names::type_matches(f, event_type))
@@ -475,6 +518,26 @@ mod tests {
             schema_version: None,
             extensions: Default::default(),
         }
+    }
+
+    #[test]
+    fn order_keys_come_from_the_relative_subject() {
+        let mut s = listener(serde_json::json!({"store": "orders"}));
+        assert_eq!(s.order_key("cw.shop.es.orders.acct.42.moves"), None, "no orderBy, no key");
+        s.delivery.order_by = Some(OrderBy::Token(2));
+        assert_eq!(s.order_key("cw.shop.es.orders.acct.42.moves"), Some("42"));
+        assert_eq!(s.order_key("cw.shop.replay.es.orders.reserve.acct.42.moves"), Some("42"), "a replay keeps its key");
+        assert_eq!(s.order_key("cw.shop.es.orders.lonely"), Some("lonely"), "too few tokens: the subject");
+        s.delivery.order_by = Some(OrderBy::Subject);
+        assert_eq!(s.order_key("cw.shop.es.orders.acct.42.moves"), Some("acct.42.moves"));
+        let mut i = listener(serde_json::json!({"inbox": "inventory"}));
+        i.delivery.order_by = Some(OrderBy::Subject);
+        assert_eq!(i.order_key("cw.shop.to.inventory.shop.orders.order.placed"), Some("order.placed"));
+        assert_eq!(i.order_key("cw.shop.in.inventory.order.placed"), Some("order.placed"));
+        i.delivery.order_by = Some(OrderBy::Token(1));
+        assert_eq!(i.order_key("cw.shop.to.inventory.shop.orders.order.placed"), Some("order"));
+        assert_eq!("token:3".parse::<OrderBy>(), Ok(OrderBy::Token(3)));
+        assert!("token:0".parse::<OrderBy>().is_err() && "token:17".parse::<OrderBy>().is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   then ack; 400/404/422 → dead letter and term; anything else, a timeout or a refused
 //!   connection → nak with the listener's backoff, and dead letter on the last allowed attempt.
 //! - While the app's health check fails, no new event is pulled.
+//! - `delivery.orderBy` listeners run in [`keyed`]: one replica at a time (the server's pinned
+//!   client), one event at a time per key, keys in parallel.
 
 use std::{
     collections::HashMap,
@@ -46,6 +48,8 @@ use crate::{
     routes::kv::RESERVED_KEY_PREFIX,
     state::State,
 };
+
+mod keyed;
 
 /// Bytes of the app's error answer kept in a dead letter.
 const EXCERPT: usize = 1024;
@@ -146,6 +150,9 @@ pub async fn supervise(state: Arc<State>) {
 }
 
 async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, mut stop: watch::Receiver<bool>) {
+    if l.delivery.order_by.is_some() {
+        return keyed::run(state, l, client, stop).await;
+    }
     let slots = l.delivery.max_in_flight.max(1) as usize;
     let permits = Arc::new(Semaphore::new(slots));
     let (hard_tx, hard_rx) = watch::channel(false);
@@ -216,7 +223,7 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
                     let Some(permit) = held.pop() else { break };
                     let (st, l, client, hard) = (state.clone(), l.clone(), client.clone(), hard_rx.clone());
                     tasks.spawn(async move {
-                        handle(&st, &l, &client, msg, hard).await;
+                        handle(&st, &l, &client, msg, hard, false).await;
                         drop(permit);
                     });
                 }
@@ -265,59 +272,85 @@ async fn handle(
     client: &HttpClient,
     msg: jetstream::Message,
     mut hard: watch::Receiver<bool>,
+    retry_here: bool,
 ) {
     let gauge = state.metrics.in_flight.get_or_create(&vec![("listener", l.meta.name.to_string())]).clone();
     gauge.inc();
     let info = msg.info().map(|i| (i.stream_sequence, i.delivered.max(1) as u64));
-    let (seq, attempt) = info.unwrap_or((0, 1));
-    let mut env = None;
-    let outcome = tokio::select! {
-        o = deliver(state, l, client, &msg, seq, attempt, &mut env) => o,
-        _ = crate::flag::until_true(&mut hard) => Outcome::Cancelled,
-    };
+    let (seq, mut attempt) = info.unwrap_or((0, 1));
     let listener = l.meta.name.as_str();
     let max = l.delivery.max_deliver.map(|m| m.max(1) as u64);
-    let traced = |what: What, status: Option<u16>, error: Option<String>| {
-        let env = env.clone();
-        async move {
-            if let Some(env) = &env {
-                let o = crate::trace::Outcome { what, attempt, status, error: error.as_deref() };
-                crate::trace::delivered(state, l, env, seq, o).await;
-            }
-        }
-    };
-    let result = match outcome {
-        Outcome::Ack(what) => {
-            state.metrics.delivery(listener, what);
-            traced(What::Delivered, None, None).await;
-            msg.ack().await
-        }
-        Outcome::Cancelled => {
-            state.metrics.delivery(listener, "nak");
-            msg.ack_with(AckKind::Nak(None)).await
-        }
-        Outcome::Retry { status, error } if max.is_none_or(|m| attempt < m) => {
-            let delay = l.delivery.backoff_for(attempt).get();
-            tracing::debug!(listener, seq, attempt, ?status, %error, ?delay, "push failed; retrying later");
-            state.metrics.delivery(listener, "nak");
-            traced(What::Retried, status, Some(error)).await;
-            msg.ack_with(AckKind::Nak(Some(delay))).await
-        }
-        Outcome::Retry { status, error } | Outcome::Refused { status, error } => {
-            match dead_letter(state, l, env.as_ref(), &msg, seq, attempt, status, &error).await {
-                Ok(()) => {
-                    tracing::info!(listener, seq, attempt, ?status, %error, "event refused; dead-lettered");
-                    state.metrics.delivery(listener, "term");
-                    traced(What::DeadLettered, status, Some(error)).await;
-                    msg.ack_with(AckKind::Term).await
-                }
-                Err(e) => {
-                    tracing::warn!(listener, seq, error = %e, "dead letter failed; retrying the event later");
-                    state.metrics.delivery(listener, "nak");
-                    msg.ack_with(AckKind::Nak(Some(l.delivery.backoff_for(attempt).get()))).await
+    let result = loop {
+        let mut env = None;
+        let outcome = tokio::select! {
+            o = deliver(state, l, client, &msg, seq, attempt, &mut env) => o,
+            _ = crate::flag::until_true(&mut hard) => Outcome::Cancelled,
+        };
+        let traced = |what: What, status: Option<u16>, error: Option<String>| {
+            let env = env.clone();
+            async move {
+                if let Some(env) = &env {
+                    let o = crate::trace::Outcome { what, attempt, status, error: error.as_deref() };
+                    crate::trace::delivered(state, l, env, seq, o).await;
                 }
             }
-        }
+        };
+        break match outcome {
+            Outcome::Ack(what) => {
+                state.metrics.delivery(listener, what);
+                traced(What::Delivered, None, None).await;
+                msg.ack().await
+            }
+            Outcome::Cancelled => {
+                state.metrics.delivery(listener, "nak");
+                msg.ack_with(AckKind::Nak(None)).await
+            }
+            // Ordered per key: the event keeps its place (and its key stays blocked) while it
+            // waits here; the worker keeps it alive with progress acks.
+            Outcome::Retry { status, error } if retry_here && max.is_none_or(|m| attempt < m) => {
+                let delay = l.delivery.backoff_for(attempt).get();
+                tracing::debug!(listener, seq, attempt, ?status, %error, ?delay, "push failed; retrying here later");
+                state.metrics.delivery(listener, "nak");
+                traced(What::Retried, status, Some(error)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {
+                        attempt += 1;
+                        continue;
+                    }
+                    _ = crate::flag::until_true(&mut hard) => msg.ack_with(AckKind::Nak(None)).await,
+                }
+            }
+            Outcome::Retry { status, error } if max.is_none_or(|m| attempt < m) => {
+                let delay = l.delivery.backoff_for(attempt).get();
+                tracing::debug!(listener, seq, attempt, ?status, %error, ?delay, "push failed; retrying later");
+                state.metrics.delivery(listener, "nak");
+                traced(What::Retried, status, Some(error)).await;
+                msg.ack_with(AckKind::Nak(Some(delay))).await
+            }
+            Outcome::Retry { status, error } | Outcome::Refused { status, error } => {
+                match dead_letter(state, l, env.as_ref(), &msg, seq, attempt, status, &error).await {
+                    Ok(()) => {
+                        tracing::info!(listener, seq, attempt, ?status, %error, "event refused; dead-lettered");
+                        state.metrics.delivery(listener, "term");
+                        traced(What::DeadLettered, status, Some(error)).await;
+                        msg.ack_with(AckKind::Term).await
+                    }
+                    Err(e) if retry_here => {
+                        tracing::warn!(listener, seq, error = %e, "dead letter failed; retrying the event here later");
+                        state.metrics.delivery(listener, "nak");
+                        tokio::select! {
+                            _ = tokio::time::sleep(l.delivery.backoff_for(attempt).get()) => continue,
+                            _ = crate::flag::until_true(&mut hard) => msg.ack_with(AckKind::Nak(None)).await,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener, seq, error = %e, "dead letter failed; retrying the event later");
+                        state.metrics.delivery(listener, "nak");
+                        msg.ack_with(AckKind::Nak(Some(l.delivery.backoff_for(attempt).get()))).await
+                    }
+                }
+            }
+        };
     };
     if let Err(e) = result {
         tracing::warn!(listener, seq, error = %e, "ack to JetStream failed; the event will be redelivered");

@@ -354,6 +354,26 @@ async fn invalid_manifests_fail_precisely_and_create_nothing() {
             listener("  source: {store: s, inbox: inv}\n"),
             "spec.source: source must name exactly one of store or inbox",
         ),
+        (
+            "order-by-with-ordered",
+            listener("  source: {store: s}\n  delivery: {orderBy: subject, ordered: true}\n"),
+            "spec.delivery.orderBy: orderBy and ordered: true exclude each other",
+        ),
+        (
+            "order-by-pull",
+            listener("  source: {store: s}\n  delivery: {orderBy: 'token:2', mode: pull}\n"),
+            "spec.delivery.orderBy: orderBy needs mode: push",
+        ),
+        (
+            "order-by-token-0",
+            listener("  source: {store: s}\n  delivery: {orderBy: 'token:0'}\n"),
+            "orderBy must be subject or token:N",
+        ),
+        (
+            "order-by-word",
+            listener("  source: {store: s}\n  delivery: {orderBy: type}\n"),
+            "orderBy must be subject or token:N",
+        ),
     ];
     for (name, text, expect) in &cases {
         let good = write_file(&dir, "good.yaml", &STORE.replace("ledger", "fine"));
@@ -769,4 +789,38 @@ async fn apply_issues_node_credentials_into_files() {
     // Without the key, --issue-credentials is refused before anything happens.
     let r = causeway(&["apply", "-f", "x", "--issue-credentials", "/tmp/x"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn order_by_turns_a_live_consumer_into_a_pinned_group_and_back_as_an_update() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("cw-apply");
+    let write = |delivery: &str| {
+        let text = format!("{ORDERS}---\n{}---\n{}", node("inv", "30s"), push_listener("l", delivery));
+        write_file(&dir, "m.yaml", &text)
+    };
+    let r = apply(&server, &[&write("{maxInFlight: 4}")], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let js = jetstream::new(server.client().await);
+    let policy = || async {
+        let mut c = js
+            .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>("cw_shop_l", "CW_ES_shop_orders")
+            .await
+            .unwrap();
+        let cfg = c.info().await.unwrap().config.clone();
+        (cfg.priority_policy, cfg.priority_groups, cfg.priority_timeout)
+    };
+    let r = apply(&server, &[&write("{maxInFlight: 4, orderBy: subject}")], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Listener shop/l updated"), "{}", r.stdout);
+    let (p, g, t) = policy().await;
+    assert_eq!(p, jetstream::consumer::PriorityPolicy::PinnedClient);
+    assert_eq!(g, vec!["cw".to_owned()]);
+    assert_eq!(t, Duration::from_secs(45), "ackWait 30s + two pulls of 5s + 5s");
+    let r = apply(&server, &[&write("{maxInFlight: 4, orderBy: subject}")], &[]);
+    assert!(r.stdout.contains("Listener shop/l unchanged"), "{}", r.stdout);
+    let r = apply(&server, &[&write("{maxInFlight: 4}")], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Listener shop/l updated"), "{}", r.stdout);
+    assert_eq!(policy().await.0, jetstream::consumer::PriorityPolicy::None);
 }

@@ -7,7 +7,7 @@
 use std::time::Duration as StdDuration;
 
 use async_nats::jetstream::{
-    consumer::{self, AckPolicy, DeliverPolicy, ReplayPolicy},
+    consumer::{self, AckPolicy, DeliverPolicy, PriorityPolicy, ReplayPolicy},
     stream::{self, Compression, DiscardPolicy, RetentionPolicy, StorageType},
 };
 use causeway_api::{
@@ -15,7 +15,7 @@ use causeway_api::{
     crd::{self, DEFAULT_MAX_CONSUMERS, Retention, RetentionKind, RewindStatus, StartAt},
     naming::{self, REGISTRY_BUCKET, REGISTRY_CHANGES_PREFIX},
     quantity::Duration,
-    registry::{ListenerRecord, NodeRecord, StoreRecord},
+    registry::{ListenerRecord, NodeRecord, ORDER_BY_GROUP, StoreRecord},
 };
 
 /// Duplicate window when a spec does not give one (JetStream's own default).
@@ -248,6 +248,12 @@ pub fn deliver_policy(s: &StartAt) -> DeliverPolicy {
 /// The durable consumer of a Listener. All replicas of the node share it.
 pub fn listener_consumer(rec: &ListenerRecord) -> consumer::Config {
     let d = &rec.delivery;
+    // orderBy: one replica at a time gets events (the pinned client of the group), so the
+    // sidecar that holds a key's events is the only one that can run them.
+    let (priority_policy, priority_groups, priority_timeout) = match d.order_by {
+        Some(_) => (PriorityPolicy::PinnedClient, vec![ORDER_BY_GROUP.to_owned()], d.pinned_ttl()),
+        None => (PriorityPolicy::None, Vec::new(), StdDuration::ZERO),
+    };
     let (filter_subject, filter_subjects) = match rec.filter_subjects.as_slice() {
         [one] => (one.clone(), Vec::new()),
         many => (String::new(), many.to_vec()),
@@ -265,6 +271,9 @@ pub fn listener_consumer(rec: &ListenerRecord) -> consumer::Config {
         replay_policy: ReplayPolicy::Instant,
         max_ack_pending: d.max_in_flight as i64,
         metadata: rec.rewound.iter().map(|r| (REWIND_METADATA.to_owned(), rewind_metadata(r))).collect(),
+        priority_policy,
+        priority_groups,
+        priority_timeout,
         ..Default::default()
     }
 }

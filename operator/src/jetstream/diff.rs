@@ -173,6 +173,13 @@ pub fn consumer(cur: &consumer::Config, want: &consumer::Config) -> Vec<Change> 
     // Only Causeway's own key: the server adds keys of its own (`_nats.*`).
     let rewind = |c: &consumer::Config| c.metadata.get(super::desired::REWIND_METADATA).cloned();
     d.cmp("metadata.rewind", rewind(cur), rewind(want), |v| v.clone().unwrap_or_else(|| "none".into()), false);
+    // nats-server updates these on a live consumer (delivery.orderBy turned on or off).
+    d.cmp("priority_policy", cur.priority_policy.clone(), want.priority_policy.clone(), |v| text(v), false);
+    d.cmp("priority_groups", cur.priority_groups.clone(), want.priority_groups.clone(), |v| v.join(","), false);
+    let pinned = want.priority_policy == consumer::PriorityPolicy::PinnedClient;
+    if pinned {
+        d.cmp("priority_timeout", cur.priority_timeout, want.priority_timeout, |v| dur(*v), false);
+    }
     d.changes
 }
 

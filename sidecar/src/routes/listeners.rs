@@ -62,6 +62,7 @@ fn describe(l: &ListenerRecord, figures: Value) -> Value {
         "mode": l.delivery.mode,
         "path": l.delivery.path,
         "ordered": l.delivery.ordered,
+        "orderBy": l.delivery.order_by.map(|o| o.to_string()),
         "maxInFlight": l.delivery.max_in_flight,
         "figures": figures,
     })
