@@ -205,6 +205,12 @@ pub fn trace_stream(ns: &DnsLabel, replicas: usize) -> stream::Config {
     c.max_age = TRACE_MAX_AGE;
     c.max_messages = TRACE_MAX_RECORDS;
     c.discard = DiscardPolicy::Old;
+    // Diagnostics: a record is not worth an fsync of its own (a server with `sync_interval:
+    // always` would otherwise write every send twice to disk). Single-replica only, as
+    // nats-server allows; a hard kill may lose the last records, never an event.
+    if replicas == 1 {
+        c.persist_mode = Some(stream::PersistenceMode::Async);
+    }
     c.duplicate_window = window(DEFAULT_DUPLICATE_WINDOW, c.max_age);
     c
 }
