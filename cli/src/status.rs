@@ -384,7 +384,15 @@ async fn nats_items(nats: &NatsArgs, sel: &Selection) -> Result<Vec<Item>, Failu
     let js = reconciler.jetstream().clone();
     let keys = registry_keys(&js)
         .await
-        .map_err(|e| Failure::unreachable(format!("cannot read the registry from NATS at {url}: {e}")))?;
+        .map_err(|e| {
+            // NATS answers a request its permissions forbid with silence: say so with the timeout.
+            let hint = if e.to_string().contains("timed out") && nats.creds.is_some() {
+                " (a credential that may not read the registry also looks like this: status needs an account-wide one, not a Node's)"
+            } else {
+                ""
+            };
+            Failure::unreachable(format!("cannot read the registry from NATS at {url}: {e}{hint}"))
+        })?;
     let Some(keys) = keys else {
         eprintln!("no registry ({REGISTRY_BUCKET}) at {url}: nothing has been applied to this NATS yet");
         return Ok(Vec::new());
