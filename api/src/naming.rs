@@ -309,8 +309,14 @@ pub fn trace_stream_subject(ns: &DnsLabel) -> String {
 /// reader compares the full id in each record, so a collision can only cost a skipped record.
 pub fn correlation_token(correlation_id: &str) -> String {
     use sha2::Digest;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = sha2::Sha256::digest(correlation_id.as_bytes());
-    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(32);
+    for b in &d[..16] {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// Where node `rns/rn` records a trace entry for correlation `c` in namespace `ns`:
@@ -412,6 +418,14 @@ pub fn strip_subject_prefix<'a>(prefix: &str, full: &'a str) -> Option<&'a str> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn correlation_tokens_are_32_hex_digits_of_sha256() {
+        // sha256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 b00361a3 96177a9c b410ff61 f20015ad
+        assert_eq!(correlation_token("abc"), "ba7816bf8f01cfea414140de5dae2223");
+        assert_eq!(correlation_token("a b.c*>"), correlation_token("a b.c*>"));
+        assert_ne!(correlation_token("a"), correlation_token("b"));
+    }
+
     use super::*;
 
     fn l(s: &str) -> DnsLabel {
