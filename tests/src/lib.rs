@@ -1143,8 +1143,8 @@ pub struct OperatorOptions {
 impl OperatorOptions {
     /// `--kubeconfig <kubeconfig> --nats <nats>`, everything else at its default (leader election
     /// on, resync 60s...). Unless `--health-addr` / `--webhook-addr` are set, each
-    /// [`Self::start`] picks free loopback ports for them, so one set of options can start
-    /// several replicas side by side.
+    /// [`Self::start`] picks a free loopback port for the health address and lets the system
+    /// pick the webhook's, so one set of options can start several replicas side by side.
     pub fn new(kubeconfig: &Path, nats: &str) -> Self {
         let o = Self { flags: Vec::new(), log_filter: "info".into(), name: "operator".into() };
         o.flag("--kubeconfig", &kubeconfig.display().to_string()).flag("--nats", nats)
@@ -1182,10 +1182,13 @@ impl OperatorOptions {
         let log_path = dir.path().join("operator.log");
         let log = std::fs::File::create(&log_path).expect("operator log file");
         let mut flags = self.flags.clone();
-        for addr in ["--health-addr", "--webhook-addr"] {
-            if self.get(addr).is_none() {
-                flags.push((addr.to_string(), Some(format!("127.0.0.1:{}", free_port()))));
-            }
+        if self.get("--health-addr").is_none() {
+            flags.push(("--health-addr".into(), Some(format!("127.0.0.1:{}", free_port()))));
+        }
+        // A test that does not call the webhook lets the system pick its port: a port found free
+        // a moment ago may be taken by a parallel test before the operator binds it.
+        if self.get("--webhook-addr").is_none() {
+            flags.push(("--webhook-addr".into(), Some("127.0.0.1:0".into())));
         }
         let health_addr =
             flags.iter().find(|(n, _)| n == "--health-addr").and_then(|(_, v)| v.clone()).unwrap_or_default();
