@@ -19,8 +19,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 const N: usize = 3000;
-const CONCURRENCY: usize = 32;
-const PER_TASK: usize = 500;
+pub(crate) const CONCURRENCY: usize = 32;
+pub(crate) const PER_TASK: usize = 500;
 
 pub(crate) type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -83,7 +83,7 @@ async fn post_seq(c: &Http, url: &str, body: Bytes, if_match: Option<u64>) -> (u
 }
 
 /// `CONCURRENCY` clients each sending `PER_TASK` events through the sidecar.
-async fn sidecar_round(http: &Arc<Http>, url: &str, body: &Bytes) {
+pub(crate) async fn sidecar_round(http: &Arc<Http>, url: &str, body: &Bytes) {
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (http, url, body) = (http.clone(), url.to_owned(), body.clone());

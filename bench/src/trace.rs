@@ -14,11 +14,9 @@ use causeway_tests::NatsServer;
 use http_body_util::Full;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use crate::sidecar::{Http, Proc, pct, post, sibling};
+use crate::sidecar::{CONCURRENCY, Http, PER_TASK, Proc, pct, post, sibling, sidecar_round};
 
 const N: usize = 3000;
-const CONCURRENCY: usize = 32;
-const PER_TASK: usize = 300;
 
 /// CPU seconds (user + system) the process has used.
 fn cpu_secs(pid: u32) -> f64 {
@@ -57,20 +55,10 @@ async fn start(server: &NatsServer, node: &str) -> (Proc, u32, String) {
     (Proc(child), pid, format!("{base}/v1/nodes/sink/events"))
 }
 
+/// One round of `CONCURRENCY` clients × `PER_TASK` sends through the sidecar: events/s.
 async fn round(http: &Arc<Http>, url: &str, body: &Bytes) -> f64 {
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (http, url, body) = (http.clone(), url.to_owned(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..PER_TASK {
-                assert_eq!(post(&http, &url, body.clone(), None).await, 202);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    sidecar_round(http, url, body).await;
     (CONCURRENCY * PER_TASK) as f64 / t.elapsed().as_secs_f64()
 }
 

@@ -236,18 +236,25 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
         }
     }
     // Stop: let in-flight deliveries finish within the grace period, then nak the rest.
-    if !tasks.is_empty() {
-        tracing::info!(listener = %label, in_flight = tasks.len(), "waiting for in-flight deliveries");
-        let grace = tokio::time::sleep(state.config.grace_period);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                r = tasks.join_next() => if r.is_none() { break },
-                _ = &mut grace => {
-                    let _ = hard_tx.send(true);
-                    while tasks.join_next().await.is_some() {}
-                    break;
-                }
+    drain(&state, &label, &mut tasks, &hard_tx).await;
+}
+
+/// On stop: lets in-flight deliveries finish within the grace period, then tells the rest to
+/// give up (`hard`) and waits for them.
+pub(crate) async fn drain<T: 'static>(state: &State, label: &str, tasks: &mut JoinSet<T>, hard: &watch::Sender<bool>) {
+    if tasks.is_empty() {
+        return;
+    }
+    tracing::info!(listener = %label, in_flight = tasks.len(), "waiting for in-flight deliveries");
+    let grace = tokio::time::sleep(state.config.grace_period);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => if r.is_none() { break },
+            _ = &mut grace => {
+                let _ = hard.send(true);
+                while tasks.join_next().await.is_some() {}
+                break;
             }
         }
     }

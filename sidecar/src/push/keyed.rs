@@ -158,21 +158,7 @@ pub(super) async fn run(
     }
     // No more pulls: the server stops sending here.
     drop(messages);
-    if !tasks.is_empty() {
-        tracing::info!(listener = %label, in_flight = tasks.len(), "waiting for in-flight deliveries");
-        let grace = tokio::time::sleep(state.config.grace_period);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                r = tasks.join_next() => if r.is_none() { break },
-                _ = &mut grace => {
-                    let _ = hard_tx.send(true);
-                    while tasks.join_next().await.is_some() {}
-                    break;
-                }
-            }
-        }
-    }
+    super::drain(&state, &label, &mut tasks, &hard_tx).await;
     // Hand back what never started, in stream order, then release the pin.
     let mut rest: Vec<jetstream::Message> = held.waiting.into_values().flatten().collect();
     rest.sort_by_key(seq_of);
