@@ -28,21 +28,9 @@ fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Peak resident memory (VmHWM) and CPU seconds (user + system) of a process.
+/// Peak resident memory (VmHWM, MiB) and CPU seconds (user + system) of a process.
 fn proc_figures(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks: f64 = rest.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + rest.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    (hwm_kb / 1024.0, ticks / 100.0)
+    (crate::status_kib(pid, "VmHWM") as f64 / 1024.0, crate::cpu_secs(pid))
 }
 
 fn ready(o: &Value) -> bool {
@@ -69,11 +57,33 @@ fn reconciles(metrics: &str) -> f64 {
         .sum()
 }
 
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Seconds from the first create until every object was Ready.
+    pub ready_secs: f64,
+    /// Reconciles per second until Ready.
+    pub reconciles_per_sec: f64,
+    /// Operator peak RSS (MiB) over the whole run.
+    pub peak_rss_mib: f64,
+    /// Operator CPU seconds until Ready.
+    pub cpu_secs: f64,
+    /// API-server writes during the idle period that were not Lease renewals.
+    pub idle_api_writes: usize,
+    /// JetStream writes during the idle period.
+    pub idle_js_writes: usize,
+}
+
 pub async fn run() {
     let n = env_num("CAUSEWAY_BENCH_N", 1000) as usize;
     let idle = Duration::from_secs(env_num("CAUSEWAY_BENCH_IDLE", 120));
     let resync = env_num("CAUSEWAY_BENCH_RESYNC", 60);
-    let server = NatsServer::start();
+    measure(&NatsServer::start(), n, idle, resync, true).await;
+}
+
+/// Runs the operator over `n` stores, `n` nodes and `5n` listeners on `server`, then watches it
+/// for `idle` after one resync (`resync` seconds). `report` prints the figures as it goes.
+pub async fn measure(server: &NatsServer, n: usize, idle: Duration, resync: u64, report: bool) -> Figures {
     let emu = KubeEmulator::start_with(KubeEmulatorOptions { verbose: true, ..Default::default() });
     emu.create_namespace("scale");
     let client = emu.client().await;
@@ -141,7 +151,7 @@ pub async fn run() {
         let (b, _) = count_ready(&nodes).await;
         let (c, _) = count_ready(&listeners).await;
         let r = a + b + c;
-        if r != last {
+        if r != last && report {
             eprintln!("  {:>6.1} s: {r}/{total} Ready", started.elapsed().as_secs_f64());
             last = r;
         }
@@ -198,7 +208,17 @@ pub async fn run() {
     let (rss_peak, _) = proc_figures(op.id());
     let _ = op.kill();
     let _ = op.wait();
-
+    let figures = Figures {
+        ready_secs: all_ready.as_secs_f64(),
+        reconciles_per_sec: recs / all_ready.as_secs_f64(),
+        peak_rss_mib: rss_peak.max(rss_ready),
+        cpu_secs: op_cpu,
+        idle_api_writes: other_writes.len(),
+        idle_js_writes: js_writes,
+    };
+    if !report {
+        return figures;
+    }
     println!("operator scale: {n} EventStores, {n} Nodes, {} Listeners ({total} objects), resync {resync}s", 5 * n);
     println!("  created through the API in {:.1} s", created.as_secs_f64());
     println!("  every object Ready after {:.1} s (from the first create)", all_ready.as_secs_f64());
@@ -221,4 +241,5 @@ pub async fn run() {
     if !js_write_subjects.is_empty() {
         println!("    writes: {js_write_subjects:?}");
     }
+    figures
 }

@@ -39,11 +39,42 @@ pub(crate) fn sibling(name: &str) -> std::path::PathBuf {
 }
 
 pub(crate) fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    crate::status_kib(pid, "VmRSS")
 }
 
-fn envelope(ty: &str, payload: serde_json::Value) -> Envelope {
+/// Starts the release sidecar of `node` in namespace `bench` with `env` added, and waits until
+/// it is ready: the process, its pid and its base URL.
+pub(crate) async fn spawn_sidecar(nats_url: &str, node: &str, env: &[(&str, String)]) -> (Proc, u32, String) {
+    let port = causeway_tests::free_port();
+    let mut cmd = Command::new(sibling("causeway-sidecar"));
+    cmd.env("CAUSEWAY_NODE", node)
+        .env("CAUSEWAY_NAMESPACE", "bench")
+        .env("CAUSEWAY_NATS_URL", nats_url)
+        .env("CAUSEWAY_PORT", port.to_string())
+        .env("CAUSEWAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start sidecar");
+    let pid = child.id();
+    let proc = Proc(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http.request(hyper::Request::get(format!("{base}/readyz")).body(Full::default()).unwrap()).await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sidecar {node} not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (proc, pid, base)
+}
+
+pub(crate) fn envelope(ty: &str, payload: serde_json::Value) -> Envelope {
     let ctx = causal::context(causal::Given::default(), None, "bench/web", "bench/sink");
     Envelope {
         id: ctx.id,
@@ -120,29 +151,8 @@ pub async fn run() {
     )
     .await
     .expect("apply");
-    let port = causeway_tests::free_port();
-    let child = Command::new(sibling("causeway-sidecar"))
-        .env("CAUSEWAY_NODE", "web")
-        .env("CAUSEWAY_NAMESPACE", "bench")
-        .env("CAUSEWAY_NATS_URL", &server.url)
-        .env("CAUSEWAY_PORT", port.to_string())
-        .env("CAUSEWAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sidecar");
-    let pid = child.id();
-    let _sidecar = Proc(child);
-    let base = format!("http://127.0.0.1:{port}");
+    let (_sidecar, pid, base) = spawn_sidecar(&server.url, "web", &[]).await;
     let http: Http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(CONCURRENCY).build_http();
-    for _ in 0..200 {
-        if let Ok(r) = http.request(hyper::Request::get(format!("{base}/readyz")).body(Full::default()).unwrap()).await
-            && r.status() == 200
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let js = jetstream::new(client.clone());
     let payload = serde_json::json!({"orderId": "123", "items": [{"sku": "a-1", "qty": 2}], "note": "x".repeat(200)});
     let body =

@@ -3,56 +3,22 @@
 //! off, each sending the same events to the same inbox. Sequential latency (the two alternate),
 //! throughput with concurrent clients, and each sidecar's CPU time per 1,000 sends.
 
-use std::{
-    process::{Command, Stdio},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use causeway_tests::NatsServer;
-use http_body_util::Full;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use crate::sidecar::{CONCURRENCY, Http, PER_TASK, Proc, pct, post, sibling, sidecar_round};
+use crate::{
+    cpu_secs,
+    sidecar::{CONCURRENCY, Http, PER_TASK, Proc, pct, post, sidecar_round, spawn_sidecar},
+};
 
 const N: usize = 3000;
 
-/// CPU seconds (user + system) the process has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 async fn start(server: &NatsServer, node: &str) -> (Proc, u32, String) {
-    let port = causeway_tests::free_port();
-    let child = Command::new(sibling("causeway-sidecar"))
-        .env("CAUSEWAY_NODE", node)
-        .env("CAUSEWAY_NAMESPACE", "bench")
-        .env("CAUSEWAY_NATS_URL", &server.url)
-        .env("CAUSEWAY_PORT", port.to_string())
-        .env("CAUSEWAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sidecar");
-    let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let http: Http = Client::builder(TokioExecutor::new()).build_http();
-    for _ in 0..200 {
-        if let Ok(r) = http.request(hyper::Request::get(format!("{base}/readyz")).body(Full::default()).unwrap()).await
-            && r.status() == 200
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (Proc(child), pid, format!("{base}/v1/nodes/sink/events"))
+    let (proc, pid, base) = spawn_sidecar(&server.url, node, &[]).await;
+    (proc, pid, format!("{base}/v1/nodes/sink/events"))
 }
 
 /// One round of `CONCURRENCY` clients × `PER_TASK` sends through the sidecar: events/s.

@@ -76,6 +76,11 @@ pub const ENV_STREAM_SEND_TIMEOUT: &str = "CAUSEWAY_STREAM_SEND_TIMEOUT";
 pub const ENV_GRACE_PERIOD: &str = "CAUSEWAY_GRACE_PERIOD";
 /// Largest load answer in bytes before it is cut with `"more": true` (default `16Mi`).
 pub const ENV_MAX_LOAD_BYTES: &str = "CAUSEWAY_MAX_LOAD_BYTES";
+/// Runtime worker threads (default 1: one thread does everything). A sidecar shares its pod's
+/// CPU with the app; one thread spends no CPU waking others, and on loopback it keeps up with
+/// what NATS acks. More threads (up to one per core) serve more at once when the pod has cores
+/// to spare (bench/README.md measures both).
+pub const ENV_WORKER_THREADS: &str = "CAUSEWAY_WORKER_THREADS";
 /// Log filter, as `RUST_LOG` (default `info`).
 pub const ENV_LOG: &str = "CAUSEWAY_LOG";
 /// `json` for JSON log lines (default: plain text).
@@ -160,6 +165,8 @@ pub struct Config {
     pub grace_period: Duration,
     /// Byte budget of one load answer.
     pub max_load_bytes: usize,
+    /// Runtime worker threads; 1 is a current-thread runtime.
+    pub worker_threads: usize,
     /// How often the credentials file is checked for a change.
     pub creds_reload: Duration,
 }
@@ -271,6 +278,7 @@ impl Config {
         }
         let max_body = parse_bytes(ENV_MAX_BODY, get(ENV_MAX_BODY))?.unwrap_or(8 << 20);
         let max_load_bytes = parse_bytes(ENV_MAX_LOAD_BYTES, get(ENV_MAX_LOAD_BYTES))?.unwrap_or(16 << 20);
+        let worker_threads = parse_num::<usize>(ENV_WORKER_THREADS, get(ENV_WORKER_THREADS))?.unwrap_or(1);
         let max_requests = parse_num::<usize>(ENV_MAX_REQUESTS, get(ENV_MAX_REQUESTS))?.unwrap_or(1024);
         let max_streams = parse_num::<usize>(ENV_MAX_STREAMS, get(ENV_MAX_STREAMS))?.unwrap_or(256);
         let max_connections = parse_num::<usize>(ENV_MAX_CONNECTIONS, get(ENV_MAX_CONNECTIONS))?.unwrap_or(4096);
@@ -279,6 +287,7 @@ impl Config {
             (ENV_MAX_REQUESTS, max_requests),
             (ENV_MAX_STREAMS, max_streams),
             (ENV_MAX_CONNECTIONS, max_connections),
+            (ENV_WORKER_THREADS, worker_threads),
         ] {
             if v == 0 {
                 return Err(bad(var, "must be greater than 0"));
@@ -317,6 +326,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(10)),
             grace_period: parse_duration(ENV_GRACE_PERIOD, get(ENV_GRACE_PERIOD))?.unwrap_or(Duration::from_secs(20)),
             max_load_bytes,
+            worker_threads,
             creds_reload: parse_duration(ENV_NATS_CREDS_RELOAD, get(ENV_NATS_CREDS_RELOAD))?
                 .unwrap_or(Duration::from_secs(10))
                 .max(Duration::from_millis(50)),
@@ -386,6 +396,16 @@ fn parse_bytes(var: &'static str, v: Option<String>) -> Result<Option<usize>, Co
             .and_then(|b| usize::try_from(b.get()).map_err(|_| bad(var, "is too large")))
     })
     .transpose()
+}
+
+/// The runtime of a sidecar with `worker_threads` workers: a current-thread runtime for one,
+/// a multi-thread runtime otherwise.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ fn main() {
     } else {
         logs.init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = causeway_sidecar::config::runtime(config.worker_threads).expect("tokio runtime");
     let code = runtime.block_on(async move {
         let addr = std::net::SocketAddr::new(config.bind, config.port);
         let listener = match tokio::net::TcpListener::bind(addr).await {

@@ -1,26 +1,56 @@
 //! Prometheus metrics, served at `GET /metrics`.
 //!
 //! Label values come from a closed set (route names, outcomes, listener names from the registry),
-//! never from request paths, so the number of series stays bounded.
+//! never from request paths, so the number of series stays bounded. The labels counted on every
+//! request are static strings and numbers, so counting allocates nothing.
 
 use prometheus_client::{
-    encoding::text::encode,
+    encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
 type Labels = Vec<(&'static str, String)>;
+/// One static label.
+type Static1 = [(&'static str, &'static str); 1];
+/// Two static labels.
+type Static2 = [(&'static str, &'static str); 2];
+
+/// The labels of an HTTP request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's name.
+    pub route: &'static str,
+    /// The method (`other` for one the API does not use).
+    pub method: &'static str,
+    /// The answer's status code.
+    pub status: u16,
+}
+
+/// A method's name without allocating.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
 
 /// All metrics of the sidecar.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// HTTP requests by route, method and status.
-    pub requests: Family<Labels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
     /// HTTP request latency by route.
-    pub latency: Family<Labels, Histogram>,
+    pub latency: Family<Static1, Histogram>,
     /// Events written, by kind (send, append, emit, dead_letter) and duplicate.
-    pub events: Family<Labels, Counter>,
+    pub events: Family<Static2, Counter>,
     /// Push deliveries by listener and outcome (ack, nak, term, skipped, dead_letter).
     pub deliveries: Family<Labels, Counter>,
     /// Pushes in flight by listener.
@@ -37,7 +67,7 @@ pub struct Metrics {
     pub nats_connected: Gauge,
     /// Stored messages that could not be served (not a Causeway event, or a payload blob gone
     /// or damaged), by where they were met: load, stream, fetch, push.
-    pub undecodable: Family<Labels, Counter>,
+    pub undecodable: Family<Static1, Counter>,
     /// Inbox events refused because their `sender` or type disagrees with what their subject
     /// proves, by listener.
     pub forged: Family<Labels, Counter>,
@@ -52,9 +82,9 @@ fn latency_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("causeway_sidecar");
-        let requests = Family::<Labels, Counter>::default();
-        let latency = Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let events = Family::<Labels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<Static1, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let events = Family::<Static2, Counter>::default();
         let deliveries = Family::<Labels, Counter>::default();
         let in_flight = Family::<Labels, Gauge>::default();
         let push_latency = Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
@@ -62,7 +92,7 @@ impl Default for Metrics {
         let streams_dropped = Counter::default();
         let app_healthy = Gauge::default();
         let nats_connected = Gauge::default();
-        let undecodable = Family::<Labels, Counter>::default();
+        let undecodable = Family::<Static1, Counter>::default();
         let forged = Family::<Labels, Counter>::default();
         let credentials_expiry = Gauge::default();
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
@@ -128,7 +158,7 @@ impl Metrics {
 
     /// Counts a stored message that could not be served.
     pub fn undecodable(&self, place: &'static str) {
-        self.undecodable.get_or_create(&vec![("where", place.to_owned())]).inc();
+        self.undecodable.get_or_create(&[("where", place)]).inc();
     }
 
     /// Counts an inbox event refused for a forged sender.
@@ -138,6 +168,13 @@ impl Metrics {
 
     /// Counts events written.
     pub fn written(&self, kind: &'static str, duplicate: bool, n: u64) {
-        self.events.get_or_create(&vec![("kind", kind.to_owned()), ("duplicate", duplicate.to_string())]).inc_by(n);
+        let duplicate = if duplicate { "true" } else { "false" };
+        self.events.get_or_create(&[("kind", kind), ("duplicate", duplicate)]).inc_by(n);
+    }
+
+    /// Counts an HTTP request and observes its latency.
+    pub fn request(&self, route: &'static str, method: &http::Method, status: u16, seconds: f64) {
+        self.requests.get_or_create(&RequestLabels { route, method: method_label(method), status }).inc();
+        self.latency.get_or_create(&[("route", route)]).observe(seconds);
     }
 }

@@ -55,6 +55,8 @@ mod keyed;
 const EXCERPT: usize = 1024;
 /// How long one pull waits for events before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Idle heartbeat of a continuous pull: a connection lost without notice is found this fast.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -185,25 +187,16 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
                 }
             },
         };
-        // Ask for exactly as many events as there are free slots.
-        let first = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        // One continuous pull, topped up as events are handed out: the server keeps at most
+        // `maxInFlight` events unacked across all replicas (the consumer's max_ack_pending), so
+        // what waits here is bounded. Asking NATS can hang while it is away: a stop must not
+        // wait for it.
+        let messages = tokio::select! {
+            m = c.stream().max_messages_per_batch(slots).expires(PULL_EXPIRES).heartbeat(PULL_HEARTBEAT).messages() => m,
             _ = crate::flag::until_true(&mut stop) => break,
         };
-        let mut held = vec![first];
-        while held.len() < slots {
-            match permits.clone().try_acquire_owned() {
-                Ok(p) => held.push(p),
-                Err(_) => break,
-            }
-        }
-        // Asking NATS can hang while it is away: a stop must not wait for it.
-        let batch = tokio::select! {
-            b = c.batch().max_messages(held.len()).expires(PULL_EXPIRES).messages() => b,
-            _ = crate::flag::until_true(&mut stop) => break,
-        };
-        let mut batch = match batch {
-            Ok(b) => b,
+        let mut messages = match messages {
+            Ok(m) => m,
             Err(e) => {
                 tracing::warn!(listener = %label, error = %e, "pull failed; retrying");
                 consumer = None;
@@ -214,29 +207,65 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
             }
         };
         loop {
+            // A free slot first: at most `maxInFlight` events in this sidecar's hands.
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+                _ = crate::flag::until_true(&mut stop) => {
+                    release_buffered(&mut messages).await;
+                    break 'outer;
+                }
+            };
             let next = tokio::select! {
-                n = batch.next() => n,
-                _ = crate::flag::until_true(&mut stop) => break 'outer,
+                n = messages.next() => n,
+                _ = crate::flag::until_true(&mut stop) => {
+                    release_buffered(&mut messages).await;
+                    break 'outer;
+                }
+                // The app went away: no new event is handed to it; what was pulled goes back.
+                _ = until_false(&mut healthy) => {
+                    release_buffered(&mut messages).await;
+                    continue 'outer;
+                }
             };
             match next {
                 Some(Ok(msg)) => {
-                    let Some(permit) = held.pop() else { break };
                     let (st, l, client, hard) = (state.clone(), l.clone(), client.clone(), hard_rx.clone());
                     tasks.spawn(async move {
                         handle(&st, &l, &client, msg, hard, false).await;
                         drop(permit);
                     });
+                    while tasks.try_join_next().is_some() {}
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(listener = %label, error = %e, "pull ended");
-                    break;
+                    tracing::debug!(listener = %label, error = %e, "pull ended; pulling again");
+                    if matches!(
+                        e.kind(),
+                        pull::MessagesErrorKind::ConsumerDeleted | pull::MessagesErrorKind::NoResponders
+                    ) {
+                        consumer = None;
+                    }
+                    continue 'outer;
                 }
-                None => break,
+                None => continue 'outer,
             }
         }
     }
     // Stop: let in-flight deliveries finish within the grace period, then nak the rest.
     drain(&state, &label, &mut tasks, &hard_tx).await;
+}
+
+/// Waits until a flag turns false.
+async fn until_false(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| !*v).await;
+}
+
+/// Naks the events a pull has already brought but nobody started, so another replica (or this
+/// one, later) gets them at once instead of after ackWait.
+async fn release_buffered(messages: &mut pull::Stream) {
+    use futures::FutureExt;
+    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
 }
 
 /// On stop: lets in-flight deliveries finish within the grace period, then tells the rest to

@@ -92,13 +92,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
     };
     // Nothing the API answers may be cached: it is live state.
     resp.headers_mut().entry(http::header::CACHE_CONTROL).or_insert(http::HeaderValue::from_static("no-store"));
-    let labels = vec![
-        ("route", route.to_owned()),
-        ("method", method.to_string()),
-        ("status", resp.status().as_u16().to_string()),
-    ];
-    state.metrics.requests.get_or_create(&labels).inc();
-    state.metrics.latency.get_or_create(&vec![("route", route.to_owned())]).observe(start.elapsed().as_secs_f64());
+    state.metrics.request(route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
     Ok(resp)
 }
 

@@ -110,6 +110,9 @@ pub struct NatsServer {
     cluster: Option<(u16, Vec<u16>)>,
 }
 
+/// Marker file in a server's directory: run it with the default `sync_interval`.
+const DEFAULT_SYNC: &str = "default-sync";
+
 impl NatsServer {
     /// A single server on random ports. With `CAUSEWAY_TEST_SECURE=1` it is a secure one
     /// ([`NatsServer::start_secure`]), and the sidecars of the tests run on their own Node's
@@ -128,6 +131,15 @@ impl NatsServer {
         }
         let dir = TempDir::new("cw-nats");
         std::fs::write(dir.path().join("extra.conf"), format!("max_payload: {max_payload}\n")).expect("write conf");
+        Self::spawn("n1".into(), dir, 0, None)
+    }
+
+    /// A single server with nats-server's default `sync_interval` (2 min: acknowledged writes are
+    /// in the OS page cache, fsynced in the background) instead of the harness's `always`. For
+    /// benchmarks that measure what is not disk-bound.
+    pub fn start_default_sync() -> Self {
+        let dir = TempDir::new("cw-nats");
+        std::fs::write(dir.path().join(DEFAULT_SYNC), "").expect("write marker");
         Self::spawn("n1".into(), dir, 0, None)
     }
 
@@ -155,10 +167,11 @@ impl NatsServer {
         // A secure server keeps its trust in its directory, so a restart trusts the same keys.
         let trust_dir = dir.path().join(TRUST_DIR);
         let trust = trust_dir.exists().then(|| DevTrust::load_or_create(&trust_dir).expect("read the dev trust"));
-        let mut conf = format!(
-            "server_name: {name}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n{extra}",
-            store.display()
-        );
+        // Every acknowledged write on disk before its ack, unless the server was started with
+        // the default sync (a marker in its directory, so a restart keeps it).
+        let sync = if dir.path().join(DEFAULT_SYNC).exists() { "" } else { "  sync_interval: always\n" };
+        let mut conf =
+            format!("server_name: {name}\njetstream {{\n  store_dir: {:?}\n{sync}}}\n{extra}", store.display());
         if let Some((cport, routes)) = &cluster {
             let routes: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
             conf.push_str(&format!(
