@@ -520,9 +520,17 @@ async fn send(c: &Ctx, sizes: &Sizes, rows: &mut Vec<Row>) {
 /// Latency at a fixed 1,000 req/s: the bare hop, direct, the sidecar; and the sidecar's RSS
 /// under that load.
 async fn latency(c: &Ctx, sizes: &Sizes, rows: &mut Vec<Row>) {
+    let per_send = |cpu: f64, n: usize| cpu / n as f64 * 1e6;
+    let cpu = cpu_secs(c.floor_pid);
     let mut hop = paced(sizes.paced, http_op(c, &c.floor_url, c.body.clone())).await;
+    let hop_cpu = per_send(cpu_secs(c.floor_pid) - cpu, hop.len());
+    let me = std::process::id();
+    let cpu = cpu_secs(me);
     let mut direct = paced(sizes.paced, direct_op(c)).await;
+    let direct_cpu = per_send(cpu_secs(me) - cpu, direct.len());
+    let cpu = cpu_secs(c.pid);
     let mut side = paced(sizes.paced, http_op(c, &c.send_url, c.body.clone())).await;
+    let side_cpu = per_send(cpu_secs(c.pid) - cpu, side.len());
     let rss = rss_kib(c.pid) as f64 / 1024.0;
     for (p, name, target) in [(0.5, "p50", 1.5), (0.99, "p99", 2.0)] {
         let (hop_p, direct_p, side_p) = (pct_us(&mut hop, p), pct_us(&mut direct, p), pct_us(&mut side, p));
@@ -534,6 +542,13 @@ async fn latency(c: &Ctx, sizes: &Sizes, rows: &mut Vec<Row>) {
             Some(Target::RatioAtMost(target)),
         ));
     }
+    rows.push(Row::against(
+        "sidecar CPU µs per send at 1,000/s",
+        format!("hop {hop_cpu:.1} + direct (with its client) {direct_cpu:.1}"),
+        hop_cpu + direct_cpu,
+        side_cpu,
+        None,
+    ));
     rows.push(Row::figure("sidecar RSS MiB, at 1,000 req/s", rss, Some(Target::AtMost(12.0))));
 }
 

@@ -69,6 +69,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
     let pushing = tokio::spawn(push::supervise(state.clone()));
     let replaying = tokio::spawn(routes::deadletters::auto_replay(state.clone()));
     let clock = tokio::spawn(clock::keep(state.clone()));
+    let recording = tokio::spawn(trace::keep_flushing(state.clone()));
     let probes = match state.config.health_port {
         None => None,
         Some(port) => {
@@ -105,6 +106,9 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
         let _ = registry.await;
         let _ = health.await;
         let _ = clock.await;
+        let _ = recording.await;
+        // The last deliveries' records, written after the push workers stopped.
+        state.traces.flush(&state.client).await;
         if state.nats_connected() {
             let _ = tokio::time::timeout(TEARDOWN_MARGIN, state.client.flush()).await;
         }

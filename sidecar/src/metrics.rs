@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Inbox events refused because their `sender` or type disagrees with what their subject
     /// proves, by listener.
     pub forged: Family<Labels, Counter>,
+    /// Trace records dropped because too many were waiting to be written (NATS away).
+    pub trace_dropped: Counter,
     /// When the NATS credential expires (Unix seconds; 0 without one, or one that never does).
     pub credentials_expiry: Gauge,
 }
@@ -95,6 +97,7 @@ impl Default for Metrics {
         let undecodable = Family::<Static1, Counter>::default();
         let forged = Family::<Labels, Counter>::default();
         let credentials_expiry = Gauge::default();
+        let trace_dropped = Counter::default();
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
         registry.register("events_written", "Events written to JetStream by kind", events.clone());
@@ -120,6 +123,11 @@ impl Default for Metrics {
             forged.clone(),
         );
         registry.register(
+            "trace_records_dropped",
+            "Trace records dropped because too many were waiting to be written (NATS away)",
+            trace_dropped.clone(),
+        );
+        registry.register(
             "credentials_expiry_timestamp_seconds",
             "When the NATS credential expires (Unix seconds; 0 without one or when it never expires)",
             credentials_expiry.clone(),
@@ -139,6 +147,7 @@ impl Default for Metrics {
             undecodable,
             forged,
             credentials_expiry,
+            trace_dropped,
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct State {
     pub shutdown: watch::Receiver<bool>,
     /// Compiled event schemas of the stores and nodes written to.
     pub schemas: crate::schemas::SchemaCache,
+    /// Trace records waiting to be written.
+    pub traces: crate::trace::Recorder,
     buckets: Mutex<HashMap<String, kv::Store>>,
 }
 
@@ -95,6 +97,7 @@ impl State {
             clock_restored: watch::channel(false).0,
             shutdown,
             schemas: Default::default(),
+            traces: Default::default(),
             buckets: Mutex::default(),
         })
     }

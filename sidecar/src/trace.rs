@@ -2,6 +2,11 @@
 //! outcome, published without waiting for an ack into the trace stream of the namespace where
 //! the event lives. A trace is diagnostics: a record lost in an outage costs a line of a
 //! trace, never an event, and never a request's latency.
+//!
+//! Records are not written to NATS one by one: a request leaves its record in the
+//! [`Recorder`], and [`keep_flushing`] publishes everything that gathered within
+//! [`FLUSH_AFTER`] together, so many records share one socket write instead of each costing a
+//! write (and the wake-ups around it) of its own. Idle, nothing waits or wakes.
 
 use causeway_api::{
     envelope::Envelope,
@@ -11,7 +16,67 @@ use causeway_api::{
     trace::{TraceRecord, What},
 };
 
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
 use crate::{publish::Outgoing, state::State};
+
+/// How long records gather before they are written together.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// Most records waiting at once; beyond, new ones are dropped and counted (a trace is
+/// diagnostics: memory stays bounded while NATS is away).
+const MAX_PENDING: usize = 16_384;
+
+/// Trace records waiting to be written.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pending: std::sync::Mutex<Vec<(String, Bytes)>>,
+    wake: Notify,
+}
+
+impl Recorder {
+    /// Leaves a record to be written soon; false when it was dropped (too many waiting).
+    fn push(&self, subject: String, record: Bytes) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() >= MAX_PENDING {
+            return false;
+        }
+        p.push((subject, record));
+        if p.len() == 1 {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Publishes every waiting record (no reply is awaited); the client writes them together.
+    pub async fn flush(&self, client: &async_nats::Client) {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for (subject, record) in batch {
+            if let Err(e) = client.publish(subject, record).await {
+                tracing::debug!(error = %e, "trace record not published");
+            }
+        }
+    }
+}
+
+/// Writes the records that gathered, [`FLUSH_AFTER`] after the first of them, until shutdown
+/// (the teardown flushes the last ones after the push workers have stopped).
+pub async fn keep_flushing(state: Arc<State>) {
+    let mut stop = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = state.traces.wake.notified() => {}
+            _ = crate::flag::until_true(&mut stop) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FLUSH_AFTER) => {}
+            _ = crate::flag::until_true(&mut stop) => return,
+        }
+        state.traces.flush(&state.client).await;
+    }
+}
 
 /// True when this node records traces (its Node's `spec.trace.enabled`, default on).
 fn enabled(state: &State) -> bool {
@@ -88,7 +153,7 @@ fn record(
     }
 }
 
-/// Publishes without a reply: JetStream stores it, nobody waits.
+/// Leaves the record to the [`Recorder`]: JetStream stores it soon, nobody waits.
 async fn publish(state: &State, stream: &str, rec: TraceRecord) {
     let ns = match naming::parse_stream(stream).map(|(_, ns, _)| DnsLabel::new(ns)) {
         Some(Ok(ns)) => ns,
@@ -96,7 +161,7 @@ async fn publish(state: &State, stream: &str, rec: TraceRecord) {
     };
     let c = &state.config;
     let subject = naming::trace_subject(&ns, &rec.correlation_id, c.namespace.as_str(), c.node.as_str());
-    if let Err(e) = state.client.publish(subject, rec.encode().into()).await {
-        tracing::debug!(error = %e, "trace record not published");
+    if !state.traces.push(subject, rec.encode().into()) {
+        state.metrics.trace_dropped.inc();
     }
 }
