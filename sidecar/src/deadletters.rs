@@ -14,10 +14,10 @@
 //!   the listener's node's state bucket (`_cw.replayed.<listener>.<store>.<sequence>`) says the
 //!   dead letter was replayed, and a replay of a marked dead letter publishes nothing.
 //!
-//! Everything here needs only a NATS client, so the CLI (with its own connection) and the
-//! sidecar (with the node's credential) do exactly the same thing.
+//! Everything here but the [`auto_replay`] task needs only a NATS client, so the CLI (with its
+//! own connection) and the sidecar (with the node's credential) do exactly the same thing.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use crate::{
     error::{Error, Result},
     nats::{direct_batch, direct_seq, kv_value, request_ack},
     routes::kv::RESERVED_KEY_PREFIX,
+    state::State,
 };
 
 /// The type given to a dead letter whose bytes were not a Causeway event: nothing to replay.
@@ -462,6 +463,84 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> std::result::Result<DateTime<U
             Err(format!("{s:?} is neither an RFC 3339 time (2026-11-25T12:00:00Z) nor a duration ago (10m, 2h, 7d)"))
         }
     }
+}
+
+/// Who a replay is by, for its mark: `<ns>/<node> <how>` (`API`, `autoReplay`).
+pub fn replayed_by(state: &State, how: &str) -> String {
+    format!("{} {how}", state.sender())
+}
+
+/// Replays the dead letters of this node's listeners that have `deadLetter.autoReplay`, once
+/// they are `after` old, while the event has been replayed fewer than `max` times. Every
+/// replica of the node runs it; a dead letter two replicas replay at once is stored once (the
+/// replay's message id) and marked by both.
+pub async fn auto_replay(state: Arc<State>) {
+    let mut shutdown = state.shutdown.clone();
+    // Per listener: the record it was started with, and the first sequence not settled yet
+    // (everything before is replayed, capped or not replayable).
+    let mut cursors: HashMap<String, (Arc<ListenerRecord>, u64)> = HashMap::new();
+    loop {
+        let mut tick = Duration::from_secs(5);
+        if state.registry.is_synced() && state.nats_connected() {
+            for l in state.registry.own_listeners() {
+                let Some(auto) = l.spec.dead_letter.as_ref().and_then(|d| d.auto_replay.clone()) else { continue };
+                let after = auto.after.get();
+                tick = tick.min((after / 4).max(Duration::from_millis(250)));
+                let name = l.meta.name.to_string();
+                let from = match cursors.get(&name) {
+                    Some((rec, from)) if *rec == l => *from,
+                    _ => 0,
+                };
+                match settle(&state, &l, from, after, auto.max).await {
+                    Ok(next) => {
+                        cursors.insert(name, (l, next));
+                    }
+                    Err(e) => tracing::warn!(listener = %name, error = %e, "auto-replay failed; trying again"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = crate::flag::until_true(&mut shutdown) => return,
+        }
+    }
+}
+
+/// One auto-replay pass from sequence `from`; returns the new cursor.
+async fn settle(state: &State, l: &ListenerRecord, from: u64, after: Duration, max: u32) -> Result<u64> {
+    let page = scan(&state.client, l, &Filter::default(), from.saturating_sub(1), usize::MAX).await?;
+    let mut cursor = page.last_sequence + 1;
+    let now = Utc::now();
+    let mut waiting = false;
+    for e in page.entries {
+        let settled = e.replayed.is_some() || e.not_replayable().is_some() || e.replays() >= max;
+        if settled {
+            continue;
+        }
+        let at = e.envelope.dead_letter.as_ref().and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.time).ok());
+        let due =
+            at.is_none_or(|t| now.signed_duration_since(t.with_timezone(&Utc)).to_std().is_ok_and(|age| age >= after));
+        if !due {
+            if !waiting {
+                cursor = e.sequence;
+                waiting = true;
+            }
+            continue;
+        }
+        match replay(&state.client, l, &e, &replayed_by(state, "autoReplay"), false).await {
+            Ok(r) => {
+                tracing::info!(listener = %l.meta.name, dead_letter = r.dead_letter, id = %r.id, sequence = r.sequence, "auto-replayed a dead letter")
+            }
+            Err(err) => {
+                if !waiting {
+                    cursor = e.sequence;
+                    waiting = true;
+                }
+                tracing::warn!(listener = %l.meta.name, dead_letter = e.sequence, error = %err, "auto-replay of a dead letter failed");
+            }
+        }
+    }
+    Ok(cursor)
 }
 
 #[cfg(test)]

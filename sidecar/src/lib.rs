@@ -67,7 +67,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: watch::Recei
         tokio::spawn(registry::follow(state.registry.clone(), client.clone(), link.clone(), shutdown.clone()));
     let health = tokio::spawn(push::watch_app_health(state.clone()));
     let pushing = tokio::spawn(push::supervise(state.clone()));
-    let replaying = tokio::spawn(routes::deadletters::auto_replay(state.clone()));
+    let replaying = tokio::spawn(deadletters::auto_replay(state.clone()));
     let clock = tokio::spawn(clock::keep(state.clone()));
     let recording = tokio::spawn(trace::keep_flushing(state.clone()));
     let probes = match state.config.health_port {

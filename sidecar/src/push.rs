@@ -327,7 +327,7 @@ async fn handle(
             async move {
                 if let Some(env) = &env {
                     let o = crate::trace::Outcome { what, attempt, status, error: error.as_deref() };
-                    crate::trace::delivered(state, l, env, seq, o).await;
+                    crate::trace::delivered(state, l, crate::trace::Traced::of(env), seq, o).await;
                 }
             }
         };

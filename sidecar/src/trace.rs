@@ -3,6 +3,10 @@
 //! the event lives. A trace is diagnostics: a record lost in an outage costs a line of a
 //! trace, never an event, and never a request's latency.
 //!
+//! Push listeners record their outcomes as they deliver ([`delivered`]). A pull listener's app
+//! says what happened in `POST /v1/acks`, which has only the ack token: so the token carries the
+//! event's [`Traced`] fields, and [`pulled`] records from them.
+//!
 //! Records are not written to NATS one by one: a request leaves its record in the
 //! [`Recorder`], and [`keep_flushing`] publishes everything that gathered within
 //! [`FLUSH_AFTER`] together, so many records share one socket write instead of each costing a
@@ -15,6 +19,7 @@ use causeway_api::{
     registry::ListenerRecord,
     trace::{TraceRecord, What},
 };
+use serde::{Deserialize, Serialize};
 
 use std::{sync::Arc, time::Duration};
 
@@ -79,8 +84,55 @@ pub async fn keep_flushing(state: Arc<State>) {
 }
 
 /// True when this node records traces (its Node's `spec.trace.enabled`, default on).
-fn enabled(state: &State) -> bool {
+pub fn enabled(state: &State) -> bool {
     state.registry.own_node().is_none_or(|n| n.spec.trace.enabled)
+}
+
+/// The fields of an event that its trace records repeat.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Traced {
+    /// The event id.
+    pub id: String,
+    /// Its type.
+    pub event_type: String,
+    /// Who sent it.
+    pub sender: String,
+    /// Its subject, relative to its store or inbox.
+    pub subject: Option<String>,
+    /// The event that caused it.
+    pub causation_id: Option<String>,
+    /// Its correlation id.
+    pub correlation_id: String,
+    /// Its Lamport time.
+    pub lamport: u64,
+    /// When it was created.
+    pub time: String,
+}
+
+impl Traced {
+    /// The trace fields of `env`.
+    pub fn of(env: &Envelope) -> Self {
+        Self {
+            id: env.id.clone(),
+            event_type: env.event_type.clone(),
+            sender: env.sender.clone(),
+            subject: env.subject.clone(),
+            causation_id: env.causation_id.clone(),
+            correlation_id: env.correlation_id.clone(),
+            lamport: env.lamport,
+            time: env.time.clone(),
+        }
+    }
+
+    /// Compact MessagePack (fields by position), for an ack token's context.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("trace fields always encode")
+    }
+
+    /// Decodes [`Traced::encode`]'s bytes; `None` for anything else.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        rmp_serde::from_slice(b).ok()
+    }
 }
 
 /// Records that `out` was stored at `sequence` (not for dead letters: their outcome record says it).
@@ -88,8 +140,9 @@ pub async fn stored(state: &State, out: &Outgoing, sequence: u64) {
     if out.envelope.dead_letter.is_some() || !enabled(state) {
         return;
     }
-    let subject = naming::strip_subject_prefix(&out.prefix, &out.subject).map(|s| s.to_owned());
-    let rec = record(state, What::Stored, &out.envelope, &out.stream, sequence, subject);
+    let mut ev = Traced::of(&out.envelope);
+    ev.subject = naming::strip_subject_prefix(&out.prefix, &out.subject).map(|s| s.to_owned());
+    let rec = record(state, What::Stored, ev, &out.stream, sequence);
     publish(state, &out.stream, rec).await;
 }
 
@@ -106,11 +159,11 @@ pub struct Outcome<'a> {
 }
 
 /// Records what listener `l` did with the event at `sequence` of its stream.
-pub async fn delivered(state: &State, l: &ListenerRecord, env: &Envelope, sequence: u64, o: Outcome<'_>) {
+pub async fn delivered(state: &State, l: &ListenerRecord, ev: Traced, sequence: u64, o: Outcome<'_>) {
     if !enabled(state) {
         return;
     }
-    let mut rec = record(state, o.what, env, &l.stream, sequence, env.subject.clone());
+    let mut rec = record(state, o.what, ev, &l.stream, sequence);
     rec.listener = Some(l.meta.name.to_string());
     rec.attempt = Some(o.attempt);
     rec.status = o.status;
@@ -118,14 +171,50 @@ pub async fn delivered(state: &State, l: &ListenerRecord, env: &Envelope, sequen
     publish(state, &l.stream, rec).await;
 }
 
-fn record(
+/// What a pull listener's app answered for a fetched event in `POST /v1/acks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `ack`: handled.
+    Ack,
+    /// `nak`: try again (after `delayMs`, if given).
+    Nak,
+    /// `term`: never deliver it again.
+    Term,
+}
+
+/// Records a pull listener's outcome for the event at `sequence`, delivered for the `attempt`-th
+/// time: an ack is `delivered`; a nak is `retried`, unless it was the last attempt `maxDeliver`
+/// allows (JetStream delivers it no more, so the listener gave up: `deadLettered`); a term is
+/// `deadLettered`. `reason` is what the app said, if anything.
+pub async fn pulled(
     state: &State,
-    what: What,
-    env: &Envelope,
-    stream: &str,
+    l: &ListenerRecord,
+    ev: Traced,
     sequence: u64,
-    subject: Option<String>,
-) -> TraceRecord {
+    attempt: u64,
+    answer: Answer,
+    reason: Option<&str>,
+) {
+    let because = |what: &str| match reason {
+        Some(r) => format!("{what}: {r}"),
+        None => what.to_owned(),
+    };
+    let (what, error) = match answer {
+        Answer::Ack => (What::Delivered, None),
+        Answer::Nak => match l.delivery.max_deliver {
+            Some(max) if max > 0 && attempt >= max as u64 => (
+                What::DeadLettered,
+                Some(because(&format!("the app naked its last allowed attempt (maxDeliver {max})"))),
+            ),
+            _ => (What::Retried, Some(because("the app naked it"))),
+        },
+        Answer::Term => (What::DeadLettered, Some(because("the app terminated it"))),
+    };
+    let o = Outcome { what, attempt, status: None, error: error.as_deref() };
+    delivered(state, l, ev, sequence, o).await;
+}
+
+fn record(state: &State, what: What, ev: Traced, stream: &str, sequence: u64) -> TraceRecord {
     let target = match naming::parse_stream(stream) {
         Some((Kind::Node, ns, n)) => format!("node {ns}/{n}"),
         Some((_, ns, x)) => format!("store {ns}/{x}"),
@@ -133,17 +222,17 @@ fn record(
     };
     TraceRecord {
         what,
-        id: env.id.clone(),
-        event_type: env.event_type.clone(),
-        sender: env.sender.clone(),
+        id: ev.id,
+        event_type: ev.event_type,
+        sender: ev.sender,
         target,
         stream: stream.to_owned(),
         sequence,
-        subject,
-        causation_id: env.causation_id.clone(),
-        correlation_id: env.correlation_id.clone(),
-        lamport: env.lamport,
-        time: env.time.clone(),
+        subject: ev.subject,
+        causation_id: ev.causation_id,
+        correlation_id: ev.correlation_id,
+        lamport: ev.lamport,
+        time: ev.time,
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         by: state.sender(),
         listener: None,
@@ -163,5 +252,29 @@ async fn publish(state: &State, stream: &str, rec: TraceRecord) {
     let subject = naming::trace_subject(&ns, &rec.correlation_id, c.namespace.as_str(), c.node.as_str());
     if !state.traces.push(subject, rec.encode().into()) {
         state.metrics.trace_dropped.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_fields_round_trip_compactly() {
+        let ev = Traced {
+            id: "01JD0000000000000000000000".into(),
+            event_type: "order-placed".into(),
+            sender: "shop/web".into(),
+            subject: Some("order-placed".into()),
+            causation_id: None,
+            correlation_id: "01JD0000000000000000000000".into(),
+            lamport: 17,
+            time: "2026-11-25T12:00:00.123Z".into(),
+        };
+        let b = ev.encode();
+        assert_eq!(Traced::decode(&b), Some(ev));
+        // By position, not by name: the fields' own bytes and little more.
+        assert!(b.len() < 130, "{} bytes", b.len());
+        assert_eq!(Traced::decode(b"not msgpack"), None);
     }
 }

@@ -513,6 +513,10 @@ fn rbac_is_least_privilege_and_grants_what_the_operator_needs() {
     for verb in ["create", "patch"] {
         assert!(has(&cluster, "events.k8s.io", "events", verb), "ClusterRole lacks {verb} on events.events.k8s.io");
     }
+    // ConfigMaps of schemas: read, and watched so a change reconciles its store or node at once.
+    for verb in ["get", "list", "watch"] {
+        assert!(has(&cluster, "", "configmaps", verb), "ClusterRole lacks {verb} on configmaps");
+    }
     // Leases: only in the release namespace, by name except create.
     let lease = flag(&docs, "--lease-name").expect("--lease-name");
     for verb in ["get", "patch", "update"] {

@@ -841,6 +841,115 @@ async fn node_change_rereconciles_its_listeners_without_a_resync() {
     );
 }
 
+/// A condition of an object by type: `(status, reason, message)`.
+fn condition_of(o: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = o["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((s("status"), s("reason"), s("message")))
+}
+
+/// The first schema in the registry record `key`.
+async fn first_schema(js: &jetstream::Context, key: &str) -> Value {
+    registry_records(js).await[key]["schemas"][0].clone()
+}
+
+fn schema_config_map(ns: &str, schema: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ledger-schemas\n  namespace: {ns}\ndata:\n  entry.json: '{schema}'\n"
+    )
+}
+
+/// Scenario 13. Schemas read from a ConfigMap follow the ConfigMap, not the resync (300 s here):
+/// a changed schema reaches the registry records of the store and the node that read it within
+/// seconds, although neither object changed; one that rejects an event already stored turns `SchemasCompatible`
+/// False (`SchemaNarrowed`) and emits one Warning Event, not one per reconcile; a deleted
+/// ConfigMap turns the store `SchemaNotResolved`, and its return makes it Ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_config_map_changes_reach_the_store_without_a_resync() {
+    let started = Instant::now();
+    let w = World::start("schema-cm").await;
+    let ns = w.ns().to_string();
+    let _op = w.start_operator("300s");
+    w.apply(&schema_config_map(&ns, r#"{"type":"object"}"#));
+    w.apply(&format!(
+        "apiVersion: causeway.dev/v1alpha1\nkind: EventStore\nmetadata:\n  name: ledger\n  namespace: {ns}\nspec:\n  schemas:\n    - type: entry\n      configMapRef: {{name: ledger-schemas, key: entry.json}}\n"
+    ));
+    w.apply(&format!(
+        "apiVersion: causeway.dev/v1alpha1\nkind: Node\nmetadata:\n  name: clerk\n  namespace: {ns}\nspec:\n  schemas:\n    - type: entry\n      configMapRef: {{name: ledger-schemas, key: entry.json}}\n"
+    ));
+    w.wait_ready(&keys(&["EventStore/ledger", "Node/clerk"]), Duration::from_secs(30)).await;
+    let (store_key, node_key) = (format!("{ns}.eventstore.ledger"), format!("{ns}.node.clerk"));
+    assert_eq!(first_schema(&w.js, &store_key).await["schema"], json!({"type": "object"}));
+    assert_eq!(first_schema(&w.js, &node_key).await["schema"], json!({"type": "object"}));
+
+    // An event the next schema rejects: amount 5 is below its minimum.
+    let env: causeway_api::envelope::Envelope = serde_json::from_value(json!({
+        "id": "entry-1", "type": "entry", "payload": {"amount": 5}, "subject": "acct",
+        "time": "2026-11-25T12:00:00Z", "sender": format!("{ns}/web"), "correlationId": "entry-1", "lamport": 1
+    }))
+    .unwrap();
+    w.js.publish(format!("cw.{ns}.es.ledger.acct"), env.encode().into()).await.unwrap().await.unwrap();
+
+    let t = Instant::now();
+    w.apply(&schema_config_map(&ns, r#"{"type":"object","properties":{"amount":{"minimum":10}}}"#));
+    let s = poll(Duration::from_secs(15), "SchemasCompatible False after the ConfigMap changed", || async {
+        let s = w.kube.get("cwes", "ledger").ok_or("gone")?;
+        match condition_of(&s, "SchemasCompatible") {
+            Some((st, r, _)) if st == "False" && r == "SchemaNarrowed" => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let took = t.elapsed();
+    assert!(ready_now(&s), "narrowing is reported, never blocking: {}", s["status"]);
+    assert_eq!(s["metadata"]["generation"], 1, "the EventStore itself did not change");
+    let (_, _, message) = condition_of(&s, "SchemasCompatible").unwrap();
+    assert!(message.contains("entry-1") && message.contains("/amount"), "{message}");
+    let in_record = first_schema(&w.js, &store_key).await;
+    assert_eq!(in_record["schema"]["properties"]["amount"]["minimum"], 10, "the record follows: {in_record}");
+    assert_eq!(in_record["narrowed"]["id"], "entry-1", "{in_record}");
+    let node_schema = poll(Duration::from_secs(5), "the node's record to follow", || async {
+        let r = first_schema(&w.js, &node_key).await;
+        if r["schema"]["properties"]["amount"]["minimum"] == 10 { Ok(r) } else { Err(r.to_string()) }
+    })
+    .await;
+    assert!(node_schema.get("narrowed").is_none(), "its inbox holds nothing the schema rejects: {node_schema}");
+    let n = w.kube.get("cwnode", "clerk").unwrap();
+    assert_eq!(condition_of(&n, "SchemasCompatible").map(|c| c.0), Some("True".into()), "{}", n["status"]);
+    assert!(took < Duration::from_secs(10), "took {took:?}: a resync (300 s) cannot explain it, but this is slow");
+
+    let narrowed = || {
+        w.kube.events_about("ledger").into_iter().filter(|(t, r, _)| t == "Warning" && r == "SchemaNarrowed").count()
+    };
+    poll(Duration::from_secs(10), "the SchemaNarrowed Event", || async {
+        if narrowed() > 0 { Ok(()) } else { Err(format!("{:?}", w.kube.events_about("ledger"))) }
+    })
+    .await;
+    let events = w.kube.events_about("ledger");
+    let (_, _, note) = events.iter().find(|(_, r, _)| r == "SchemaNarrowed").unwrap();
+    assert!(note.contains("entry-1"), "the Event names the event the schema rejects: {note}");
+
+    // The ConfigMap changes again without touching the schema: reconciled, still narrowed, no
+    // second Event.
+    w.kube.ok(&["annotate", "configmap", "ledger-schemas", "-n", &ns, "touched=yes"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(narrowed(), 1, "{:?}", w.kube.events_about("ledger"));
+
+    // Gone: SchemaNotResolved at once; back: Ready.
+    w.kube.ok(&["delete", "configmap", "ledger-schemas", "-n", &ns]);
+    poll(Duration::from_secs(15), "SchemaNotResolved after the ConfigMap went", || async {
+        let s = w.kube.get("cwes", "ledger").ok_or("gone")?;
+        match ready_of(&s) {
+            Some((st, r, m)) if st == "False" && r == "SchemaNotResolved" && m.contains("ledger-schemas") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    w.apply(&schema_config_map(&ns, r#"{"type":"object"}"#));
+    w.wait_ready(&keys(&["EventStore/ledger", "Node/clerk"]), Duration::from_secs(15)).await;
+    eprintln!("store followed its ConfigMap after {}; whole test {}", secs(took), secs(started.elapsed()));
+}
+
 /// Scenario 3. A Listener applied before its Node and store waits as `SourceNotFound` (Ready
 /// False, no consumer, no error loop) and becomes Ready as soon as they are applied — well before
 /// the resync (300 s), so the watches on Nodes and EventStores did it.

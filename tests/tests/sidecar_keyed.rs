@@ -276,3 +276,43 @@ async fn a_retried_event_blocks_only_its_key() {
     let done_before = seen.at.iter().filter(|((k, _), t)| k != "k0" && **t < k0_next).count();
     assert!(done_before >= 100, "only {done_before} events of other keys ran while k0 was blocked");
 }
+
+/// Turning `orderBy` off on a listener whose sidecar runs hands its events to the plain worker at
+/// once. The server honours a pin it holds even after the consumer's priority policy is gone, and
+/// then the group cannot be unpinned any more: without the reconcile's unpin before the update,
+/// nothing was delivered until the pin timed out (ackWait 30s + 15s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn turning_order_by_off_on_a_running_listener_delivers_at_once() {
+    let server = NatsServer::start();
+    apply(&server, &manifests(&[("keyed", "orderBy: 'token:2'")], "30s")).await;
+    let writer = Sidecar::start(&server, "bank", "writer", &[]).await;
+    let app = App::start(|_| (200, json!({}))).await;
+    let _sc = Sidecar::start(&server, "bank", "keyed", &[("CAUSEWAY_APP_PORT", &app.port.to_string())]).await;
+    let c = http();
+    let append = |n: u64| {
+        let (c, url) = (c.clone(), writer.at("/v1/stores/accounts/subjects/acct.k1.moves/events"));
+        async move {
+            let (s, a) = post(&c, &url, &json!({"type": "moved", "payload": {"key": "k1", "n": n}})).await;
+            assert_eq!(s, 202, "{a}");
+        }
+    };
+    append(0).await;
+    eventually(Duration::from_secs(15), "the first event, under the pin", || async {
+        (app.count() == 1).then_some(())
+    })
+    .await;
+
+    apply(&server, &manifests(&[("keyed", "ordered: true")], "30s")).await;
+    let js = jetstream::new(server.client().await);
+    let mut consumer =
+        js.get_consumer_from_stream::<pull::Config, _, _>("cw_bank_keyed", "CW_ES_bank_accounts").await.unwrap();
+    assert_eq!(consumer.info().await.unwrap().config.priority_policy, PriorityPolicy::None);
+    let t = Instant::now();
+    append(1).await;
+    eventually(Duration::from_secs(40), "the next event, without the pin", || async {
+        (app.count() == 2).then_some(())
+    })
+    .await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "delivered {took:?} after the switch: the old pin held it back");
+}

@@ -9,6 +9,7 @@ use causeway_api::{
     crd::{Condition, DeletionPolicy, EventStore, EventStoreStatus, Listener, ListenerStatus, Node, NodeStatus},
     naming,
     registry::{MANAGER_OPERATOR, Meta},
+    schema::EventSchema,
 };
 use kube::{Resource, ResourceExt, core::NamespaceResourceScope};
 use serde::{Serialize, de::DeserializeOwned};
@@ -48,6 +49,14 @@ pub trait Managed:
     fn as_node(&self) -> Option<&Node> {
         None
     }
+    /// The event schemas its spec declares (EventStores and Nodes).
+    fn schemas(&self) -> &[EventSchema] {
+        &[]
+    }
+    /// True when one of its schemas is read from the ConfigMap `name` (of its own namespace).
+    fn uses_config_map(&self, name: &str) -> bool {
+        self.schemas().iter().any(|s| s.config_map_ref.as_ref().is_some_and(|r| r.name == name))
+    }
 }
 
 /// The core's view of an object, or why it cannot have one (its name is not a DNS label, which
@@ -74,6 +83,9 @@ fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
 
 impl Managed for EventStore {
     const KIND: Kind = Kind::EventStore;
+    fn schemas(&self) -> &[EventSchema] {
+        &self.spec.schemas
+    }
     fn spec_of(&self) -> Spec {
         Spec::EventStore(self.spec.clone())
     }
@@ -109,6 +121,9 @@ impl Managed for EventStore {
 
 impl Managed for Node {
     const KIND: Kind = Kind::Node;
+    fn schemas(&self) -> &[EventSchema] {
+        &self.spec.schemas
+    }
     fn as_node(&self) -> Option<&Node> {
         Some(self)
     }

@@ -5,6 +5,8 @@
 //! - [`kinds`]: object ↔ core, status per kind;
 //! - a Listener is reconciled again when its Node, source store, source inbox or dead-letter
 //!   store changes (`watches` mapped through the listeners' own cache, no polling);
+//! - an EventStore or Node is reconciled again when a ConfigMap its `spec.schemas` read from
+//!   changes (a metadata-only watch of ConfigMaps, mapped through the kind's own cache);
 //! - [`sweep`]: registry records whose object is gone (left behind by a deletion while NATS was
 //!   away) are removed;
 //! - [`leader`]: only the holder of a Lease reconciles.
@@ -22,9 +24,10 @@ use std::{future::Future, sync::Arc};
 
 use causeway_api::crd::{EventStore, Listener, Node};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
         Controller, controller,
         reflector::{ObjectRef, Store},
@@ -112,6 +115,27 @@ fn dependents(
     store.state().iter().filter(|l| l.namespace() == ns && uses(l)).map(|l| ObjectRef::from_obj(&**l)).collect()
 }
 
+/// The objects (in `store`) whose schemas are read from the ConfigMap `cm`.
+fn schema_readers<K: Managed>(store: &Store<K>, cm: &PartialObjectMeta<ConfigMap>) -> Vec<ObjectRef<K>> {
+    let (ns, name) = (cm.namespace(), cm.name_any());
+    store
+        .state()
+        .iter()
+        .filter(|o| o.namespace() == ns && o.uses_config_map(&name))
+        .map(|o| ObjectRef::from_obj(&**o))
+        .collect()
+}
+
+/// Reconciles the EventStores or Nodes of `c` again when a ConfigMap one of them reads its
+/// schemas from is created, changed or deleted. Only metadata is watched (an
+/// `Api<PartialObjectMeta<_>>` asks for nothing else): every ConfigMap of the scope passes through
+/// this watch, and the reconcile reads the data of only the ones a spec names.
+fn on_schema_config_maps<K: Managed>(c: Controller<K>, client: &kube::Client, scope: &Option<String>) -> Controller<K> {
+    let store = c.store();
+    let config_maps = scoped::<PartialObjectMeta<ConfigMap>>(client, scope);
+    c.watches(config_maps, watcher::Config::default(), move |cm| schema_readers(&store, &cm))
+}
+
 /// Builds the controllers of every kind for every watched scope. Each stops (finishing the
 /// reconciles in flight) when `shutdown` completes.
 pub fn controllers(
@@ -130,11 +154,13 @@ pub fn controllers(
     for scope in &scopes {
         let c = Controller::new(scoped::<EventStore>(&client, scope), wc.clone()).with_config(config(&ctx.opts));
         caches.stores.push(c.store());
+        let c = on_schema_config_maps(c, &client, scope);
         runs.push(drive(c, ctx.clone(), shutdown.clone()));
     }
     for scope in &scopes {
         let mut c = Controller::new(scoped::<Node>(&client, scope), wc.clone()).with_config(config(&ctx.opts));
         caches.nodes.push(c.store());
+        c = on_schema_config_maps(c, &client, scope);
         if ctx.identity.is_some() {
             // A node's credential holds the consumers of its listeners and the stores its
             // policy reads: reissue it when they change, and restore its Secret if deleted.

@@ -152,7 +152,7 @@ async fn apply<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<A
     };
     let cond = ready_condition(was.as_ref(), &readiness, obj.meta().generation);
     let mut status = obj.status(&ns, &name, cond.clone(), &figures, previous.as_ref());
-    schemas_condition(&mut status, previous.as_ref(), schema_check.as_ref(), obj.meta().generation);
+    let narrowed = schemas_condition(&mut status, previous.as_ref(), schema_check.as_ref(), obj.meta().generation);
     if ctx.identity.is_some() && K::KIND == causeway_api::Kind::Node {
         let creds = match &held {
             Some(h) => serde_json::to_value(&h.status).ok(),
@@ -163,6 +163,9 @@ async fn apply<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<A
         }
     }
     write_status(api, &*obj, previous.as_ref(), status).await?;
+    if let Some(note) = narrowed {
+        publish(ctx, &*obj, EventType::Warning, reason::SCHEMA_NARROWED, "Reconcile", &note).await;
+    }
     if let Some(h) = held.as_ref().filter(|h| h.issued.is_some()) {
         let note = format!(
             "{}: NATS user {} in Secret {}, expires {}",
@@ -208,12 +211,14 @@ async fn with_config_maps(ctx: &Context, mut object: jetstream::Object) -> jetst
 }
 
 /// Adds (or keeps, when the core said nothing this time) the `SchemasCompatible` condition.
+/// Answers its message when it newly says `SchemaNarrowed` (it did not before, or named other
+/// events): that is worth a Warning Event, once, not on every resync.
 fn schemas_condition(
     status: &mut serde_json::Value,
     previous: Option<&serde_json::Value>,
     check: Option<&jetstream::SchemaCheck>,
     generation: Option<i64>,
-) {
+) -> Option<String> {
     let stored = previous
         .and_then(|p| p.get("conditions"))
         .and_then(|c| c.as_array())
@@ -236,11 +241,15 @@ fn schemas_condition(
                 observed_generation: generation,
             }
         }
-        None => return,
+        None => return None,
     };
+    let narrowed = (cond.reason == reason::SCHEMA_NARROWED
+        && stored.as_ref().is_none_or(|p| p.reason != cond.reason || p.message != cond.message))
+    .then(|| cond.message.clone());
     if let Some(cs) = status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
         cs.push(serde_json::to_value(cond).unwrap_or_default());
     }
+    narrowed
 }
 
 /// Issues (or keeps) a Node's NATS credential; `None` for other kinds, or when the operator

@@ -1019,6 +1019,7 @@ impl Reconciler {
             return Ok((Step::Immutable, changes, Some(info)));
         }
         if mode == Mode::Apply {
+            release_pins(stream, &name, &info.config, want).await;
             match self.js.update_consumer_on_stream(want.clone(), &info.stream_name).await {
                 Ok(mut c) => {
                     info!(consumer = %name, changes = changes.len(), "updated consumer");
@@ -1029,6 +1030,23 @@ impl Reconciler {
             }
         }
         Ok((Step::Updated, changes, Some(info)))
+    }
+}
+
+/// Before a consumer leaves the pinned-client priority policy (a listener's `orderBy` turned
+/// off): releases its groups' pins. nats-server keeps honouring a pin it holds after the policy
+/// is gone, delivering to no other pull until the pin times out (ackWait + 15 s), and once the
+/// group is gone it can no longer be unpinned. A failure only costs that wait.
+async fn release_pins(stream: &Stream, name: &str, have: &consumer::Config, want: &consumer::Config) {
+    use async_nats::jetstream::consumer::PriorityPolicy;
+    if have.priority_policy != PriorityPolicy::PinnedClient || want.priority_policy == PriorityPolicy::PinnedClient {
+        return;
+    }
+    for group in &have.priority_groups {
+        match stream.unpin_consumer(name, group).await {
+            Ok(()) => debug!(consumer = %name, group, "released the pin before leaving the priority policy"),
+            Err(e) => debug!(consumer = %name, group, error = %e, "could not release the pin; it times out instead"),
+        }
     }
 }
 

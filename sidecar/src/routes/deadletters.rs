@@ -1,9 +1,9 @@
 //! `/v1/listeners/{l}/deadletters`: list, show and replay the dead letters of one of this
-//! node's listeners, and the `deadLetter.autoReplay` task. The work is in
-//! [`crate::deadletters`]; only this node's own listeners are served (a Listener is what grants
-//! its node its dead letters, whatever the access policy says about the store).
+//! node's listeners. The work is in [`crate::deadletters`]; only this node's own listeners are
+//! served (a Listener is what grants its node its dead letters, whatever the access policy says
+//! about the store).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use causeway_api::registry::ListenerRecord;
 use chrono::Utc;
@@ -80,10 +80,6 @@ async fn resolve(state: &State, e: &mut Entry) {
     }
 }
 
-fn by(state: &State, how: &str) -> String {
-    format!("{} {how}", state.sender())
-}
-
 /// `GET /v1/listeners/{l}/deadletters`.
 pub async fn list(state: &State, name: &str, req: &http::Request<hyper::body::Incoming>) -> Result<Resp> {
     let q = Query::parse(req.uri().query(), LIST_PARAMS)?;
@@ -144,7 +140,7 @@ pub async fn replay_one(
     let l = listener(state, name).await?;
     may_delete(state, &l, delete)?;
     let e = dl::get(&state.client, &l, id).await?;
-    let r = dl::replay(&state.client, &l, &e, &by(state, "API"), delete).await?;
+    let r = dl::replay(&state.client, &l, &e, &dl::replayed_by(state, "API"), delete).await?;
     let status = if r.already_replayed { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok(json(status, &r))
 }
@@ -159,80 +155,7 @@ pub async fn replay_many(state: &State, name: &str, req: &http::Request<hyper::b
     let l = listener(state, name).await?;
     may_delete(state, &l, delete)?;
     let (done, refused, more) =
-        dl::replay_matching(&state.client, &l, &f, after, limit, &by(state, "API"), delete).await?;
+        dl::replay_matching(&state.client, &l, &f, after, limit, &dl::replayed_by(state, "API"), delete).await?;
     let refused: Vec<Value> = refused.into_iter().map(|(s, e)| json!({"sequence": s, "error": e})).collect();
     Ok(json(StatusCode::OK, &json!({"replayed": done, "notReplayable": refused, "more": more})))
-}
-
-/// Replays the dead letters of this node's listeners that have `deadLetter.autoReplay`, once
-/// they are `after` old, while the event has been replayed fewer than `max` times. Every
-/// replica of the node runs it; a dead letter two replicas replay at once is stored once (the
-/// replay's message id) and marked by both.
-pub async fn auto_replay(state: Arc<State>) {
-    let mut shutdown = state.shutdown.clone();
-    // Per listener: the record it was started with, and the first sequence not settled yet
-    // (everything before is replayed, capped or not replayable).
-    let mut cursors: HashMap<String, (Arc<ListenerRecord>, u64)> = HashMap::new();
-    loop {
-        let mut tick = Duration::from_secs(5);
-        if state.registry.is_synced() && state.nats_connected() {
-            for l in state.registry.own_listeners() {
-                let Some(auto) = l.spec.dead_letter.as_ref().and_then(|d| d.auto_replay.clone()) else { continue };
-                let after = auto.after.get();
-                tick = tick.min((after / 4).max(Duration::from_millis(250)));
-                let name = l.meta.name.to_string();
-                let from = match cursors.get(&name) {
-                    Some((rec, from)) if *rec == l => *from,
-                    _ => 0,
-                };
-                match settle(&state, &l, from, after, auto.max).await {
-                    Ok(next) => {
-                        cursors.insert(name, (l, next));
-                    }
-                    Err(e) => tracing::warn!(listener = %name, error = %e, "auto-replay failed; trying again"),
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = crate::flag::until_true(&mut shutdown) => return,
-        }
-    }
-}
-
-/// One auto-replay pass from sequence `from`; returns the new cursor.
-async fn settle(state: &State, l: &ListenerRecord, from: u64, after: Duration, max: u32) -> Result<u64> {
-    let page = dl::scan(&state.client, l, &Filter::default(), from.saturating_sub(1), usize::MAX).await?;
-    let mut cursor = page.last_sequence + 1;
-    let now = Utc::now();
-    let mut waiting = false;
-    for e in page.entries {
-        let settled = e.replayed.is_some() || e.not_replayable().is_some() || e.replays() >= max;
-        if settled {
-            continue;
-        }
-        let at = e.envelope.dead_letter.as_ref().and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.time).ok());
-        let due =
-            at.is_none_or(|t| now.signed_duration_since(t.with_timezone(&Utc)).to_std().is_ok_and(|age| age >= after));
-        if !due {
-            if !waiting {
-                cursor = e.sequence;
-                waiting = true;
-            }
-            continue;
-        }
-        match dl::replay(&state.client, l, &e, &by(state, "autoReplay"), false).await {
-            Ok(r) => {
-                tracing::info!(listener = %l.meta.name, dead_letter = r.dead_letter, id = %r.id, sequence = r.sequence, "auto-replayed a dead letter")
-            }
-            Err(err) => {
-                if !waiting {
-                    cursor = e.sequence;
-                    waiting = true;
-                }
-                tracing::warn!(listener = %l.meta.name, dead_letter = e.sequence, error = %err, "auto-replay of a dead letter failed");
-            }
-        }
-    }
-    Ok(cursor)
 }

@@ -3,7 +3,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, consumer::pull};
-use causeway_api::{crd::DeliveryMode, envelope::HEADER_TYPE, registry::ListenerRecord};
+use causeway_api::{
+    crd::DeliveryMode,
+    envelope::{Envelope, HEADER_TYPE},
+    registry::ListenerRecord,
+    trace::What,
+};
 use futures::StreamExt;
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -14,6 +19,7 @@ use crate::{
     event::{Decoded, decode_stored},
     http::{Query, Resp, json},
     state::State,
+    trace::{self, Traced},
 };
 
 /// Most events one fetch returns.
@@ -124,32 +130,18 @@ pub async fn fetch(state: &State, name: &str, req: &http::Request<hyper::body::I
         let Ok(info) = m.info() else { continue };
         let (seq, attempt) = (info.stream_sequence, info.delivered);
         let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else { continue };
-        let decoded = match decode_stored(state, &m.payload, &l.stream, seq, None).await {
-            Ok(Decoded::Event(env, size)) => match l.check_sender(&m.subject, &env) {
-                Ok(()) => Ok(Decoded::Event(env, size)),
+        let (env, error) = match decode_stored(state, &m.payload, &l.stream, seq, None).await {
+            Ok(Decoded::Event(env, _)) => match l.check_sender(&m.subject, &env) {
+                Ok(()) => (env, None),
                 Err(error) => {
                     state.metrics.forged(l.meta.name.as_str());
                     tracing::warn!(listener = %l.meta.name, seq, %error, "refusing an inbox event whose sender is forged");
-                    Ok(Decoded::Skipped(error))
+                    (env, Some(error))
                 }
             },
-            other => other,
-        };
-        let env = match decoded {
-            Ok(Decoded::Event(env, _)) => env,
             Ok(Decoded::Skipped(error)) => {
-                // It can never be served: dead-letter it (if the listener has one) and let it go,
-                // as push delivery does, so it does not come back on every fetch.
-                if !error.starts_with("forged_sender") {
-                    state.metrics.undecodable("fetch");
-                }
-                if let Err(e) = crate::push::dead_letter(state, &l, None, &m, seq, attempt as u64, None, &error).await {
-                    tracing::warn!(listener = %l.meta.name, seq, error = %e, "dead letter failed; the event comes back later");
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
-                } else {
-                    let _ = m.ack_with(AckKind::Term).await;
-                }
-                skipped.push(json!({"sequence": seq, "error": error}));
+                state.metrics.undecodable("fetch");
+                skipped.push(skip(state, &l, &m, (seq, attempt as u64), None, error).await);
                 continue;
             }
             Ok(Decoded::TooLarge) => unreachable!("no room limit is given"),
@@ -163,10 +155,17 @@ pub async fn fetch(state: &State, name: &str, req: &http::Request<hyper::body::I
                 break;
             }
         };
+        if let Some(error) = error {
+            skipped.push(skip(state, &l, &m, (seq, attempt as u64), Some(&env), error).await);
+            continue;
+        }
         state.causes.remember(&env);
         let mut v = crate::event::view_value(&env, &l.stream, seq);
         if let Value::Object(o) = &mut v {
-            o.insert("ackToken".into(), state.tokens.issue(&reply).into());
+            // With tracing on, the token carries the event's trace fields, so that its ack, nak or
+            // term can be recorded (see `trace::pulled`).
+            let traced = trace::enabled(state).then(|| Traced::of(&env).encode());
+            o.insert("ackToken".into(), state.tokens.issue(&reply, traced.as_deref()).into());
             o.insert("attempt".into(), attempt.into());
         }
         events.push(v);
@@ -176,4 +175,28 @@ pub async fn fetch(state: &State, name: &str, req: &http::Request<hyper::body::I
         body["skipped"] = json!(skipped);
     }
     Ok(json(StatusCode::OK, &body))
+}
+
+/// An event a fetch can never serve: dead-letter it (if the listener has one) and let it go, as
+/// push delivery does, so it does not come back on every fetch. A forged one (`env` given) is
+/// traced as dead-lettered, as push delivery traces it. Answers its entry of `skipped`.
+async fn skip(
+    state: &State,
+    l: &ListenerRecord,
+    m: &async_nats::jetstream::Message,
+    (seq, attempt): (u64, u64),
+    env: Option<&Envelope>,
+    error: String,
+) -> Value {
+    if let Err(e) = crate::push::dead_letter(state, l, None, m, seq, attempt, None, &error).await {
+        tracing::warn!(listener = %l.meta.name, seq, error = %e, "dead letter failed; the event comes back later");
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    } else {
+        if let Some(env) = env {
+            let o = trace::Outcome { what: What::DeadLettered, attempt, status: None, error: Some(&error) };
+            trace::delivered(state, l, Traced::of(env), seq, o).await;
+        }
+        let _ = m.ack_with(AckKind::Term).await;
+    }
+    json!({"sequence": seq, "error": error})
 }

@@ -343,7 +343,8 @@ fn build_paths() -> Value {
                     "summary": "Ack, nak or term fetched events",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "array", "minItems": 1, "items": {
                         "type": "object", "required": ["token", "result"], "additionalProperties": false,
-                        "properties": {"token": {"type": "string"}, "result": {"type": "string", "enum": ["ack", "nak", "term"]}, "delayMs": {"type": "integer", "minimum": 0}}}}}}},
+                        "properties": {"token": {"type": "string"}, "result": {"type": "string", "enum": ["ack", "nak", "term"]}, "delayMs": {"type": "integer", "minimum": 0},
+                                       "reason": {"type": "string", "description": "Why it was naked or terminated: shown in the event's trace (first 500 characters)"}}}}}}},
                     "responses": {"200": ok_json("Applied", json!({"type": "object", "properties": {"processed": {"type": "integer"}}}))}
                 }
             },
