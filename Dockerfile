@@ -27,7 +27,7 @@ COPY bench/Cargo.toml bench/Cargo.toml
 RUN set -eu; \
     for crate in api operator sidecar tests; do mkdir -p "$crate/src"; : > "$crate/src/lib.rs"; done; \
     for crate in sidecar cli bench; do mkdir -p "$crate/src"; echo 'fn main() {}' > "$crate/src/main.rs"; done; \
-    cargo build --release --locked -p causeway-cli -p causeway-sidecar
+    cargo build --profile dist --locked -p causeway-cli -p causeway-sidecar
 
 # 2. The sources. Touch them so that cargo rebuilds the workspace crates over the stand-ins
 #    (a copied file keeps its old modification time).
@@ -37,9 +37,9 @@ COPY sidecar/src sidecar/src
 COPY cli/src cli/src
 RUN set -eu; \
     find api/src operator/src sidecar/src cli/src -name '*.rs' -exec touch {} +; \
-    cargo build --release --locked -p causeway-cli -p causeway-sidecar; \
+    cargo build --profile dist --locked -p causeway-cli -p causeway-sidecar; \
     mkdir -p /out; \
-    cp target/release/causeway target/release/causeway-sidecar /out/; \
+    cp target/dist/causeway target/dist/causeway-sidecar /out/; \
     /out/causeway --version
 
 ############################################################################################

@@ -22,7 +22,7 @@ fn every_workload_of_the_benchmark_completes_in_both_sync_modes() {
     }
     for row in [
         "| sidecar RSS MiB, idle |",
-        "| send/s via sidecar, 64 clients |",
+        "| send/s via sidecar, 64 clients (machine",
         "| sidecar CPU µs per send",
         "| send at 1,000/s, p50",
         "| send at 1,000/s, p99",

@@ -955,12 +955,13 @@ fn dockerfile_builds_both_binaries_into_a_non_root_multi_stage_image() {
     assert_eq!(user.split_whitespace().nth(1), Some("65532:65532"));
     assert!(final_stage.iter().any(|i| i == r#"ENTRYPOINT ["causeway"]"#), "ENTRYPOINT [\"causeway\"]");
     assert!(final_stage.iter().any(|i| i == r#"CMD ["operator"]"#), "CMD [\"operator\"]");
-    // Both binaries are built, locked to Cargo.lock, and the dependencies get their own layer
-    // (a build before the sources are copied).
+    // Both binaries are built with the shipping profile (whole-program optimisation, see the
+    // root Cargo.toml), locked to Cargo.lock, and the dependencies get their own layer (a build
+    // before the sources are copied).
     let builds: Vec<usize> = instructions
         .iter()
         .enumerate()
-        .filter(|(_, i)| op(i) == "RUN" && i.contains("cargo build") && i.contains("--release"))
+        .filter(|(_, i)| op(i) == "RUN" && i.contains("cargo build") && i.contains("--profile dist"))
         .map(|(n, _)| n)
         .collect();
     assert_eq!(builds.len(), 2, "a dependency build and the real build");
@@ -971,6 +972,7 @@ fn dockerfile_builds_both_binaries_into_a_non_root_multi_stage_image() {
     let first_source_copy =
         instructions.iter().position(|i| op(i) == "COPY" && i.contains("/src ")).expect("the sources are copied");
     assert!(builds[0] < first_source_copy && first_source_copy < builds[1], "dependency layer before the sources");
+    assert!(instructions[builds[1]].contains("target/dist/causeway-sidecar"), "the image takes the dist binaries");
     // Every workspace member's manifest is copied before the dependency build.
     for m in workspace_members() {
         let copy = format!("{m}/Cargo.toml");
