@@ -23,7 +23,10 @@ fn every_workload_of_the_benchmark_completes_in_both_sync_modes() {
     for row in [
         "| sidecar RSS MiB, idle |",
         "| send/s via sidecar, 64 clients (machine",
-        "| sidecar CPU µs per send",
+        "| sidecar CPU µs per send (= ms per 1,000) |",
+        "| sidecar CPU µs per send at 1,000/s |",
+        "| sidecar RSS MiB, after the 64-client rounds |",
+        "| push: sidecar CPU µs per event |",
         "| send at 1,000/s, p50",
         "| send at 1,000/s, p99",
         "| sidecar RSS MiB, at 1,000 req/s |",
