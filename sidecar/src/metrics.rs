@@ -41,6 +41,37 @@ pub fn method_label(m: &http::Method) -> &'static str {
     }
 }
 
+/// The outcomes a delivery is counted under.
+const OUTCOMES: [&str; 5] = ["ack", "skipped", "skipped_handled", "nak", "term"];
+
+/// One listener's delivery metrics (handles into the families of [`Metrics`]).
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    /// Pushes in flight.
+    pub in_flight: Gauge,
+    /// Time the app took to answer a push.
+    pub latency: Histogram,
+    /// Its name, and the family its outcome counters live in.
+    name: String,
+    family: Family<Labels, Counter>,
+    /// One counter per outcome of [`OUTCOMES`], made when first counted (so a series shows only
+    /// once something happened, as Prometheus users of this metric expect).
+    outcomes: [std::sync::OnceLock<Counter>; 5],
+}
+
+impl ListenerMetrics {
+    /// Counts a delivery outcome (one of `ack`, `skipped`, `skipped_handled`, `nak`, `term`).
+    pub fn delivery(&self, outcome: &'static str) {
+        let make = || {
+            self.family.get_or_create(&vec![("listener", self.name.clone()), ("outcome", outcome.to_owned())]).clone()
+        };
+        match OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.outcomes[i].get_or_init(make).inc(),
+            None => make().inc(),
+        };
+    }
+}
+
 /// All metrics of the sidecar.
 #[derive(Debug)]
 pub struct Metrics {
@@ -73,6 +104,8 @@ pub struct Metrics {
     pub forged: Family<Labels, Counter>,
     /// Trace records dropped because too many were waiting to be written (NATS away).
     pub trace_dropped: Counter,
+    /// Each listener's delivery metrics, looked up by name without allocating.
+    listeners: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<ListenerMetrics>>>,
     /// When the NATS credential expires (Unix seconds; 0 without one, or one that never does).
     pub credentials_expiry: Gauge,
 }
@@ -148,6 +181,7 @@ impl Default for Metrics {
             forged,
             credentials_expiry,
             trace_dropped,
+            listeners: Default::default(),
         }
     }
 }
@@ -160,9 +194,21 @@ impl Metrics {
         s
     }
 
-    /// Counts a delivery outcome.
-    pub fn delivery(&self, listener: &str, outcome: &'static str) {
-        self.deliveries.get_or_create(&vec![("listener", listener.to_owned()), ("outcome", outcome.to_owned())]).inc();
+    /// A listener's delivery metrics: its series are found once, and every later event of the
+    /// listener counts without building label strings.
+    pub fn listener(&self, name: &str) -> std::sync::Arc<ListenerMetrics> {
+        if let Some(m) = self.listeners.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return m.clone();
+        }
+        let label = || vec![("listener", name.to_owned())];
+        let m = std::sync::Arc::new(ListenerMetrics {
+            in_flight: self.in_flight.get_or_create(&label()).clone(),
+            latency: self.push_latency.get_or_create(&label()).clone(),
+            name: name.to_owned(),
+            family: self.deliveries.clone(),
+            outcomes: Default::default(),
+        });
+        self.listeners.write().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_insert(m).clone()
     }
 
     /// Counts a stored message that could not be served.

@@ -310,7 +310,8 @@ async fn handle(
     mut hard: watch::Receiver<bool>,
     retry_here: bool,
 ) {
-    let gauge = state.metrics.in_flight.get_or_create(&vec![("listener", l.meta.name.to_string())]).clone();
+    let metrics = state.metrics.listener(l.meta.name.as_str());
+    let gauge = &metrics.in_flight;
     gauge.inc();
     let info = msg.info().map(|i| (i.stream_sequence, i.delivered.max(1) as u64));
     let (seq, mut attempt) = info.unwrap_or((0, 1));
@@ -333,12 +334,12 @@ async fn handle(
         };
         break match outcome {
             Outcome::Ack(what) => {
-                state.metrics.delivery(listener, what);
+                metrics.delivery(what);
                 traced(What::Delivered, None, None).await;
                 msg.ack().await
             }
             Outcome::Cancelled => {
-                state.metrics.delivery(listener, "nak");
+                metrics.delivery("nak");
                 msg.ack_with(AckKind::Nak(None)).await
             }
             // Ordered per key: the event keeps its place (and its key stays blocked) while it
@@ -346,7 +347,7 @@ async fn handle(
             Outcome::Retry { status, error } if retry_here && max.is_none_or(|m| attempt < m) => {
                 let delay = l.delivery.backoff_for(attempt).get();
                 tracing::debug!(listener, seq, attempt, ?status, %error, ?delay, "push failed; retrying here later");
-                state.metrics.delivery(listener, "nak");
+                metrics.delivery("nak");
                 traced(What::Retried, status, Some(error)).await;
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {
@@ -359,7 +360,7 @@ async fn handle(
             Outcome::Retry { status, error } if max.is_none_or(|m| attempt < m) => {
                 let delay = l.delivery.backoff_for(attempt).get();
                 tracing::debug!(listener, seq, attempt, ?status, %error, ?delay, "push failed; retrying later");
-                state.metrics.delivery(listener, "nak");
+                metrics.delivery("nak");
                 traced(What::Retried, status, Some(error)).await;
                 msg.ack_with(AckKind::Nak(Some(delay))).await
             }
@@ -367,13 +368,13 @@ async fn handle(
                 match dead_letter(state, l, env.as_ref(), &msg, seq, attempt, status, &error).await {
                     Ok(()) => {
                         tracing::info!(listener, seq, attempt, ?status, %error, "event refused; dead-lettered");
-                        state.metrics.delivery(listener, "term");
+                        metrics.delivery("term");
                         traced(What::DeadLettered, status, Some(error)).await;
                         msg.ack_with(AckKind::Term).await
                     }
                     Err(e) if retry_here => {
                         tracing::warn!(listener, seq, error = %e, "dead letter failed; retrying the event here later");
-                        state.metrics.delivery(listener, "nak");
+                        metrics.delivery("nak");
                         tokio::select! {
                             _ = tokio::time::sleep(l.delivery.backoff_for(attempt).get()) => continue,
                             _ = crate::flag::until_true(&mut hard) => msg.ack_with(AckKind::Nak(None)).await,
@@ -381,7 +382,7 @@ async fn handle(
                     }
                     Err(e) => {
                         tracing::warn!(listener, seq, error = %e, "dead letter failed; retrying the event later");
-                        state.metrics.delivery(listener, "nak");
+                        metrics.delivery("nak");
                         msg.ack_with(AckKind::Nak(Some(l.delivery.backoff_for(attempt).get()))).await
                     }
                 }
@@ -514,11 +515,7 @@ async fn deliver(
         Ok::<_, String>((status, body))
     })
     .await;
-    state
-        .metrics
-        .push_latency
-        .get_or_create(&vec![("listener", l.meta.name.to_string())])
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.listener(l.meta.name.as_str()).latency.observe(started.elapsed().as_secs_f64());
     let (status, body) = match answer {
         Err(_) => {
             return Outcome::Retry {
