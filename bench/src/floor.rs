@@ -20,8 +20,9 @@ const ANSWER: &[u8] = br#"{"id":"01JQ5Z3W8B9N0PQRSTVWXYZ012","sequence":1234567,
 /// runtime as it does for the sidecar (absent: one thread, the sidecar's default).
 pub fn serve(args: &[String]) {
     let port: u16 = args.first().and_then(|p| p.parse().ok()).expect("floor-http PORT");
-    let threads = std::env::var(causeway_sidecar::config::ENV_WORKER_THREADS).ok().and_then(|t| t.parse().ok());
-    let runtime = causeway_sidecar::config::runtime(threads.unwrap_or(1)).expect("tokio runtime");
+    use causeway_sidecar::config::{DEFAULT_WORKER_THREADS, ENV_WORKER_THREADS, runtime};
+    let threads = std::env::var(ENV_WORKER_THREADS).ok().and_then(|t| t.parse().ok());
+    let runtime = runtime(threads.unwrap_or(DEFAULT_WORKER_THREADS)).expect("tokio runtime");
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the floor server");
         loop {

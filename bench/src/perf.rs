@@ -834,7 +834,8 @@ pub async fn run(o: Opts) {
     let sizes = Sizes::new(o.quick);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let var = causeway_sidecar::config::ENV_WORKER_THREADS;
-    let threads = std::env::var(var).unwrap_or_else(|_| "1 (default)".into());
+    let threads = std::env::var(var)
+        .unwrap_or_else(|_| format!("{} (default)", causeway_sidecar::config::DEFAULT_WORKER_THREADS));
     println!(
         "causeway-bench perf{}: {cores} cores, sidecar worker threads {threads}, {}",
         if o.quick { " --quick (smoke test: figures are not meaningful)" } else { "" },

@@ -81,6 +81,8 @@ pub const ENV_MAX_LOAD_BYTES: &str = "CAUSEWAY_MAX_LOAD_BYTES";
 /// what NATS acks. More threads (up to one per core) serve more at once when the pod has cores
 /// to spare (bench/README.md measures both).
 pub const ENV_WORKER_THREADS: &str = "CAUSEWAY_WORKER_THREADS";
+/// [`ENV_WORKER_THREADS`] when it is not set.
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// Log filter, as `RUST_LOG` (default `info`).
 pub const ENV_LOG: &str = "CAUSEWAY_LOG";
 /// `json` for JSON log lines (default: plain text).
@@ -278,7 +280,8 @@ impl Config {
         }
         let max_body = parse_bytes(ENV_MAX_BODY, get(ENV_MAX_BODY))?.unwrap_or(8 << 20);
         let max_load_bytes = parse_bytes(ENV_MAX_LOAD_BYTES, get(ENV_MAX_LOAD_BYTES))?.unwrap_or(16 << 20);
-        let worker_threads = parse_num::<usize>(ENV_WORKER_THREADS, get(ENV_WORKER_THREADS))?.unwrap_or(1);
+        let worker_threads =
+            parse_num::<usize>(ENV_WORKER_THREADS, get(ENV_WORKER_THREADS))?.unwrap_or(DEFAULT_WORKER_THREADS);
         let max_requests = parse_num::<usize>(ENV_MAX_REQUESTS, get(ENV_MAX_REQUESTS))?.unwrap_or(1024);
         let max_streams = parse_num::<usize>(ENV_MAX_STREAMS, get(ENV_MAX_STREAMS))?.unwrap_or(256);
         let max_connections = parse_num::<usize>(ENV_MAX_CONNECTIONS, get(ENV_MAX_CONNECTIONS))?.unwrap_or(4096);

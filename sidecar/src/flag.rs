@@ -7,3 +7,8 @@ use tokio::sync::watch;
 pub async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
+
+/// Waits until a flag turns false (or its sender is gone).
+pub async fn until_false(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| !*v).await;
+}

@@ -44,6 +44,7 @@ use tokio::{
 use crate::{
     error::Error,
     event::{Draft, build, cause_of, view_json},
+    metrics::ListenerMetrics,
     publish::{Outgoing, publish_one},
     routes::kv::RESERVED_KEY_PREFIX,
     state::State,
@@ -222,7 +223,7 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
                     break 'outer;
                 }
                 // The app went away: no new event is handed to it; what was pulled goes back.
-                _ = until_false(&mut healthy) => {
+                _ = crate::flag::until_false(&mut healthy) => {
                     release_buffered(&mut messages).await;
                     continue 'outer;
                 }
@@ -252,11 +253,6 @@ async fn worker(state: Arc<State>, l: Arc<ListenerRecord>, client: HttpClient, m
     }
     // Stop: let in-flight deliveries finish within the grace period, then nak the rest.
     drain(&state, &label, &mut tasks, &hard_tx).await;
-}
-
-/// Waits until a flag turns false.
-async fn until_false(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| !*v).await;
 }
 
 /// Naks the events a pull has already brought but nobody started, so another replica (or this
@@ -320,7 +316,7 @@ async fn handle(
     let result = loop {
         let mut env = None;
         let outcome = tokio::select! {
-            o = deliver(state, l, client, &msg, seq, attempt, &mut env) => o,
+            o = deliver(state, l, &metrics, client, &msg, seq, attempt, &mut env) => o,
             _ = crate::flag::until_true(&mut hard) => Outcome::Cancelled,
         };
         let traced = |what: What, status: Option<u16>, error: Option<String>| {
@@ -407,9 +403,11 @@ pub fn handled_key(listener: &str, id: &str) -> String {
     k
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     state: &State,
     l: &ListenerRecord,
+    metrics: &ListenerMetrics,
     client: &HttpClient,
     msg: &jetstream::Message,
     seq: u64,
@@ -515,7 +513,7 @@ async fn deliver(
         Ok::<_, String>((status, body))
     })
     .await;
-    state.metrics.listener(l.meta.name.as_str()).latency.observe(started.elapsed().as_secs_f64());
+    metrics.latency.observe(started.elapsed().as_secs_f64());
     let (status, body) = match answer {
         Err(_) => {
             return Outcome::Retry {
