@@ -19,10 +19,11 @@ mod trace;
 const USAGE: &str = "usage: causeway-bench <benchmark>
 
 benchmarks:
-  perf [--quick] [--sync default|always|both]
-              every workload (send, batch, push, load, live, resources, operator) against its
-              floor, with default sync and with sync_interval: always (both unless --sync);
-              --quick is a small smoke run that only checks every workload completes
+  perf [--quick] [--sync default|always|both] [--only latency,send,batch,push,load,operator]
+              every workload (latency, send, batch, push, load and live stream, resources,
+              operator) against its floor, with default sync and with sync_interval: always
+              (both unless --sync); --quick is a small smoke run that only checks every workload
+              completes; --only runs some workloads
   sidecar     sequential latency of a send and an append against direct async-nats
   trace       what causal tracing adds to a send
   reconcile   the reconcile core's steady state against one STREAM.INFO per stream

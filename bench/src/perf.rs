@@ -85,7 +85,8 @@ impl Opts {
                         Some("default") => vec![SyncMode::Default],
                         Some("always") => vec![SyncMode::Always],
                         Some("both") => vec![SyncMode::Default, SyncMode::Always],
-                        other => return Err(format!("--sync takes default, always or both (got {other:?})")),
+                        Some(other) => return Err(format!("--sync takes default, always or both (got {other:?})")),
+                        None => return Err("--sync takes default, always or both".into()),
                     }
                 }
                 "--only" => {
