@@ -5,7 +5,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Hops kept in an event's `path`.
 pub const MAX_PATH: usize = 32;
@@ -98,12 +98,86 @@ pub fn new_event_id() -> String {
 
 /// Now, as events carry it: RFC 3339 in UTC with milliseconds.
 pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    Rfc3339Millis::now().as_str().to_owned()
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_millis(t: DateTime<Utc>) -> String {
+    Rfc3339Millis::of(t).as_str().to_owned()
+}
+
+/// A time as events and trace records carry it, `YYYY-MM-DDTHH:MM:SS.mmmZ`: the text chrono's
+/// `to_rfc3339_opts(Millis, true)` gives (a test holds them equal), written digit by digit
+/// into a buffer on the stack, since every event and every trace record takes one. Years
+/// outside 0–9999 and leap seconds are left to chrono.
+pub enum Rfc3339Millis {
+    /// The usual case.
+    Fixed([u8; 24]),
+    /// What chrono wrote.
+    Other(String),
+}
+
+impl Rfc3339Millis {
+    /// Now.
+    pub fn now() -> Self {
+        Self::of(Utc::now())
+    }
+
+    /// `t`.
+    pub fn of(t: DateTime<Utc>) -> Self {
+        use chrono::{Datelike, Timelike};
+        let (year, nanos) = (t.year(), t.nanosecond());
+        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+            return Self::Other(t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for d in b[at..at + width].iter_mut().rev() {
+                *d = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year as u32);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, t.second());
+        put(20, 3, nanos / 1_000_000);
+        Self::Fixed(b)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Fixed(b) => std::str::from_utf8(b).expect("digits and ASCII punctuation"),
+            Self::Other(s) => s,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn timestamps_read_as_chronos(ms in -70_000_000_000_000i64..300_000_000_000_000i64) {
+            let t = DateTime::from_timestamp_millis(ms).unwrap();
+            proptest::prop_assert_eq!(rfc3339_millis(t), t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+    }
+
+    #[test]
+    fn timestamp_edges_read_as_chronos() {
+        for ms in [0, 1, 999, 1_000, -1, -62_167_219_200_000, 253_402_300_799_999, 253_402_300_800_000] {
+            let t = DateTime::from_timestamp_millis(ms).unwrap();
+            assert_eq!(rfc3339_millis(t), t.to_rfc3339_opts(SecondsFormat::Millis, true), "{ms}");
+        }
+        // Sub-millisecond digits are cut, not rounded, as chrono does.
+        let t = DateTime::from_timestamp(1_764_000_000, 999_999_999).unwrap();
+        assert_eq!(rfc3339_millis(t), "2025-11-24T16:00:00.999Z");
+    }
 
     #[test]
     fn lamport_rules() {

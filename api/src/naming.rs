@@ -308,22 +308,38 @@ pub fn trace_stream_subject(ns: &DnsLabel) -> String {
 /// in hex. A correlation id may hold any printable character, a subject token may not; a
 /// reader compares the full id in each record, so a collision can only cost a skipped record.
 pub fn correlation_token(correlation_id: &str) -> String {
+    let mut out = String::with_capacity(32);
+    push_correlation_token(&mut out, correlation_id);
+    out
+}
+
+fn push_correlation_token(out: &mut String, correlation_id: &str) {
     use sha2::Digest;
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = sha2::Sha256::digest(correlation_id.as_bytes());
-    let mut out = String::with_capacity(32);
     for b in &d[..16] {
         out.push(HEX[usize::from(b >> 4)] as char);
         out.push(HEX[usize::from(b & 15)] as char);
     }
-    out
 }
 
 /// Where node `rns/rn` records a trace entry for correlation `c` in namespace `ns`:
 /// `cw.<ns>.trace.<token(c)>.<rns>.<rn>`. The recorder's tokens are in the subject so that a
 /// node credential may write trace entries only as itself.
-pub fn trace_subject(ns: &DnsLabel, correlation_id: &str, recorder_ns: &str, recorder: &str) -> String {
-    format!("cw.{ns}.trace.{}.{recorder_ns}.{recorder}", correlation_token(correlation_id))
+pub fn trace_subject(ns: &str, correlation_id: &str, recorder_ns: &str, recorder: &str) -> String {
+    // Built piece by piece: a sidecar names one for every record it writes. `ns` is a DNS
+    // label (the caller checks; it comes from a stream name, so no label is allocated).
+    debug_assert!(crate::names::is_dns_label(ns), "{ns:?}");
+    let mut s = String::with_capacity(12 + ns.len() + 32 + recorder_ns.len() + recorder.len() + 2);
+    s.push_str("cw.");
+    s.push_str(ns);
+    s.push_str(".trace.");
+    push_correlation_token(&mut s, correlation_id);
+    s.push('.');
+    s.push_str(recorder_ns);
+    s.push('.');
+    s.push_str(recorder);
+    s
 }
 
 /// Every trace entry of correlation `c` in namespace `ns`: `cw.<ns>.trace.<token(c)>.>`, what

@@ -77,17 +77,195 @@ pub struct TraceRecord {
 }
 
 impl TraceRecord {
-    /// MessagePack, fields by name.
+    /// MessagePack, fields by name (what [`RecordRef::encode`] writes).
     pub fn encode(&self) -> Vec<u8> {
-        // A record takes about 380 bytes: one buffer, no regrowth.
-        let mut out = Vec::with_capacity(512);
-        rmp_serde::encode::write_named(&mut out, self).expect("a trace record always encodes");
-        out
+        self.borrow().encode()
+    }
+
+    /// The record's fields, borrowed.
+    pub fn borrow(&self) -> RecordRef<'_> {
+        RecordRef {
+            what: self.what,
+            id: &self.id,
+            event_type: &self.event_type,
+            sender: &self.sender,
+            target: [&self.target, "", "", ""],
+            stream: &self.stream,
+            sequence: self.sequence,
+            subject: self.subject.as_deref(),
+            causation_id: self.causation_id.as_deref(),
+            correlation_id: &self.correlation_id,
+            lamport: self.lamport,
+            time: &self.time,
+            at: &self.at,
+            by: &self.by,
+            listener: self.listener.as_deref(),
+            attempt: self.attempt,
+            status: self.status,
+            error: self.error.as_deref(),
+        }
     }
 
     /// Decodes a record; `None` for anything else.
     pub fn decode(b: &[u8]) -> Option<Self> {
         rmp_serde::from_slice(b).ok()
+    }
+}
+
+/// A [`TraceRecord`] whose strings are borrowed: what a sidecar encodes for every event it
+/// stores and every delivery outcome, straight from the event's own fields.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[allow(missing_docs)] // the fields are TraceRecord's
+pub struct RecordRef<'a> {
+    pub what: What,
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub sender: &'a str,
+    /// The target, in parts written one after another (`["node ", ns, "/", name]`), so that
+    /// it needs no string of its own.
+    pub target: [&'a str; 4],
+    pub stream: &'a str,
+    pub sequence: u64,
+    pub subject: Option<&'a str>,
+    pub causation_id: Option<&'a str>,
+    pub correlation_id: &'a str,
+    pub lamport: u64,
+    pub time: &'a str,
+    pub at: &'a str,
+    pub by: &'a str,
+    pub listener: Option<&'a str>,
+    pub attempt: Option<u64>,
+    pub status: Option<u16>,
+    pub error: Option<&'a str>,
+}
+
+impl RecordRef<'_> {
+    /// MessagePack, fields by name: the bytes `rmp_serde` writes for the same [`TraceRecord`]
+    /// (a test holds them equal), written directly, since this runs once per event a sidecar
+    /// stores or delivers and the field names never change.
+    pub fn encode(&self) -> Vec<u8> {
+        let optional = [
+            self.subject.is_some(),
+            self.causation_id.is_some(),
+            self.listener.is_some(),
+            self.attempt.is_some(),
+            self.status.is_some(),
+            self.error.is_some(),
+        ];
+        // A record takes about 380 bytes: one buffer, no regrowth.
+        let mut w = Vec::with_capacity(512);
+        mp::map(&mut w, 12 + optional.iter().filter(|o| **o).count());
+        mp::entry_str(&mut w, "what", self.what.name());
+        mp::entry_str(&mut w, "id", self.id);
+        mp::entry_str(&mut w, "type", self.event_type);
+        mp::entry_str(&mut w, "sender", self.sender);
+        mp::str(&mut w, "target");
+        mp::str_of(&mut w, &self.target);
+        mp::entry_str(&mut w, "stream", self.stream);
+        mp::entry_uint(&mut w, "sequence", self.sequence);
+        if let Some(s) = self.subject {
+            mp::entry_str(&mut w, "subject", s);
+        }
+        if let Some(c) = self.causation_id {
+            mp::entry_str(&mut w, "causationId", c);
+        }
+        mp::entry_str(&mut w, "correlationId", self.correlation_id);
+        mp::entry_uint(&mut w, "lamport", self.lamport);
+        mp::entry_str(&mut w, "time", self.time);
+        mp::entry_str(&mut w, "at", self.at);
+        mp::entry_str(&mut w, "by", self.by);
+        if let Some(l) = self.listener {
+            mp::entry_str(&mut w, "listener", l);
+        }
+        if let Some(a) = self.attempt {
+            mp::entry_uint(&mut w, "attempt", a);
+        }
+        if let Some(s) = self.status {
+            mp::entry_uint(&mut w, "status", u64::from(s));
+        }
+        if let Some(e) = self.error {
+            mp::entry_str(&mut w, "error", e);
+        }
+        w
+    }
+}
+
+impl What {
+    /// The name a record carries (`stored`, `delivered`, `retried`, `deadLettered`).
+    pub fn name(self) -> &'static str {
+        match self {
+            What::Stored => "stored",
+            What::Delivered => "delivered",
+            What::Retried => "retried",
+            What::DeadLettered => "deadLettered",
+        }
+    }
+}
+
+/// The few MessagePack forms a trace record uses, each in its shortest encoding (as the
+/// MessagePack spec asks, and as `rmp` writes them).
+mod mp {
+    pub fn map(w: &mut Vec<u8>, n: usize) {
+        if n < 16 {
+            w.push(0x80 | n as u8);
+        } else {
+            // A record has at most 18 fields.
+            w.push(0xde);
+            w.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+
+    pub fn str(w: &mut Vec<u8>, s: &str) {
+        str_of(w, &[s]);
+    }
+
+    /// One string made of `parts`.
+    pub fn str_of(w: &mut Vec<u8>, parts: &[&str]) {
+        let n = parts.iter().map(|p| p.len()).sum::<usize>();
+        match n {
+            0..32 => w.push(0xa0 | n as u8),
+            32..256 => w.extend_from_slice(&[0xd9, n as u8]),
+            256..65_536 => {
+                w.push(0xda);
+                w.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                w.push(0xdb);
+                w.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+        for p in parts {
+            w.extend_from_slice(p.as_bytes());
+        }
+    }
+
+    pub fn uint(w: &mut Vec<u8>, v: u64) {
+        match v {
+            0..128 => w.push(v as u8),
+            128..256 => w.extend_from_slice(&[0xcc, v as u8]),
+            256..65_536 => {
+                w.push(0xcd);
+                w.extend_from_slice(&(v as u16).to_be_bytes());
+            }
+            65_536..4_294_967_296 => {
+                w.push(0xce);
+                w.extend_from_slice(&(v as u32).to_be_bytes());
+            }
+            _ => {
+                w.push(0xcf);
+                w.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+    }
+
+    pub fn entry_str(w: &mut Vec<u8>, key: &str, v: &str) {
+        str(w, key);
+        str(w, v);
+    }
+
+    pub fn entry_uint(w: &mut Vec<u8>, key: &str, v: u64) {
+        str(w, key);
+        uint(w, v);
     }
 }
 
@@ -328,6 +506,46 @@ mod tests {
             error: error.map(Into::into),
             status: error.map(|_| 500),
             ..rec(what, id, None, 0)
+        }
+    }
+
+    /// The hand-written encoder writes exactly what serde's MessagePack writes for the same
+    /// record, at every length and width boundary, with and without the optional fields.
+    #[test]
+    fn the_direct_encoding_is_serdes_encoding() {
+        let widths = [0, 1, 127, 128, 255, 256, 65_535, 65_536, u32::MAX as u64, u32::MAX as u64 + 1, u64::MAX];
+        let lengths = [0, 1, 31, 32, 255, 256, 65_535, 65_536];
+        let mut cases = Vec::new();
+        for what in [What::Stored, What::Delivered, What::Retried, What::DeadLettered] {
+            cases.push(rec(what, "01JD0000000000000000000000", None, 3));
+            cases.push(TraceRecord {
+                subject: Some("order-placed".into()),
+                ..outcome_rec(what, "x", "l", 2, Some("boom"))
+            });
+        }
+        for (i, v) in widths.iter().enumerate() {
+            let s = "é".repeat(i * 3);
+            cases.push(TraceRecord {
+                sequence: *v,
+                lamport: v.wrapping_add(1),
+                attempt: Some(*v),
+                status: Some((*v).min(u16::MAX as u64) as u16),
+                subject: Some(s.clone()),
+                causation_id: Some(s.clone()),
+                listener: Some(s),
+                ..outcome_rec(What::Retried, "i", "l", 1, Some(""))
+            });
+        }
+        for n in lengths {
+            let s = "x".repeat(n);
+            cases.push(TraceRecord { id: s.clone(), error: Some(s.clone()), ..rec(What::Stored, "", None, 1) });
+            cases.push(TraceRecord { target: s.clone(), at: s, ..outcome_rec(What::DeadLettered, "d", "l", 9, None) });
+        }
+        for r in cases {
+            let ours = r.encode();
+            let serdes = rmp_serde::to_vec_named(&r).unwrap();
+            assert_eq!(ours, serdes, "{r:?}");
+            assert_eq!(TraceRecord::decode(&ours).as_ref(), Some(&r));
         }
     }
 

@@ -21,6 +21,11 @@ async fn start(server: &NatsServer, node: &str) -> (Proc, u32, String) {
     (proc, pid, format!("{base}/v1/nodes/sink/events"))
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// One round of `CONCURRENCY` clients × `PER_TASK` sends through the sidecar: events/s.
 async fn round(http: &Arc<Http>, url: &str, body: &Bytes) -> f64 {
     let t = Instant::now();
@@ -71,22 +76,29 @@ pub async fn run() {
     println!("| p50 (µs) | {off50:.0} | {on50:.0} | {:.3} |", on50 / off50);
     println!("| p99 (µs) | {off99:.0} | {on99:.0} | {:.3} |", on99 / off99);
     println!("| sidecar CPU ms per 1,000 sequential sends | {cpu_off:.1} | {cpu_on:.1} | {:.3} |", cpu_on / cpu_off);
-    // Throughput: rounds alternate so drift in the machine's load hits both alike.
-    let (mut r_on, mut r_off) = (0.0, 0.0);
-    let (c_on, c_off) = (cpu_secs(traced_pid), cpu_secs(quiet_pid));
-    const ROUNDS: usize = 3;
+    // Throughput and CPU under load: rounds alternate, so drift in the machine's load hits both
+    // alike, and each figure is the median of its rounds, so one disturbed round does not
+    // decide it.
+    const ROUNDS: usize = 7;
+    let sends = (CONCURRENCY * PER_TASK) as f64;
+    let (mut rate, mut cpu) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for _ in 0..ROUNDS {
-        r_off += round(&http, &quiet, &body).await / ROUNDS as f64;
-        r_on += round(&http, &traced, &body).await / ROUNDS as f64;
+        for (i, (pid, url)) in [(quiet_pid, &quiet), (traced_pid, &traced)].into_iter().enumerate() {
+            let c = cpu_secs(pid);
+            rate[i].push(round(&http, url, &body).await);
+            cpu[i].push((cpu_secs(pid) - c) / sends * 1e6);
+        }
     }
-    let sends = (ROUNDS * CONCURRENCY * PER_TASK) as f64;
-    let c_on = (cpu_secs(traced_pid) - c_on) / sends * 1e6;
-    let c_off = (cpu_secs(quiet_pid) - c_off) / sends * 1e6;
+    let [r_off, r_on] = rate.map(median);
+    let [c_off, c_on] = cpu.map(median);
     println!(
-        "| throughput, {CONCURRENCY} concurrent clients (events/s) | {r_off:.0} | {r_on:.0} | {:.3} |",
+        "| throughput, {CONCURRENCY} concurrent clients (events/s), median of {ROUNDS} rounds | {r_off:.0} | {r_on:.0} | {:.3} |",
         r_on / r_off
     );
-    println!("| sidecar CPU ms per 1,000 sends under that load | {c_off:.1} | {c_on:.1} | {:.3} |", c_on / c_off);
+    println!(
+        "| sidecar CPU ms per 1,000 sends under that load, median of {ROUNDS} rounds | {c_off:.1} | {c_on:.1} | {:.3} |",
+        c_on / c_off
+    );
     let js = async_nats::jetstream::new(client);
     let mut s = js.get_stream("CW_TR_bench").await.expect("trace stream");
     let st = s.info().await.expect("trace stream info").state.clone();

@@ -161,7 +161,7 @@ pub async fn publish_one(state: &State, mut out: Outgoing) -> Result<Ack> {
     if let Ok(a) = &result
         && !a.duplicate
     {
-        crate::trace::stored(state, &out, a.sequence).await;
+        crate::trace::stored(state, &out, a.sequence);
     }
     result
 }
@@ -290,7 +290,7 @@ pub async fn publish_batch(state: &State, mut outs: Vec<Outgoing>) -> Result<Vec
     }
     if let Ok(acks) = &result {
         for (o, a) in outs.iter().zip(acks).filter(|(_, a)| !a.duplicate) {
-            crate::trace::stored(state, o, a.sequence).await;
+            crate::trace::stored(state, o, a.sequence);
         }
     }
     result

@@ -319,19 +319,16 @@ async fn handle(
             o = deliver(state, l, &metrics, client, &msg, seq, attempt, &mut env) => o,
             _ = crate::flag::until_true(&mut hard) => Outcome::Cancelled,
         };
-        let traced = |what: What, status: Option<u16>, error: Option<String>| {
-            let env = env.clone();
-            async move {
-                if let Some(env) = &env {
-                    let o = crate::trace::Outcome { what, attempt, status, error: error.as_deref() };
-                    crate::trace::delivered(state, l, crate::trace::Traced::of(env), seq, o).await;
-                }
+        let traced = |what: What, status: Option<u16>, error: Option<&str>| {
+            if let Some(env) = &env {
+                let o = crate::trace::Outcome { what, attempt, status, error };
+                crate::trace::delivered(state, l, env.into(), seq, o);
             }
         };
         break match outcome {
             Outcome::Ack(what) => {
                 metrics.delivery(what);
-                traced(What::Delivered, None, None).await;
+                traced(What::Delivered, None, None);
                 msg.ack().await
             }
             Outcome::Cancelled => {
@@ -344,7 +341,7 @@ async fn handle(
                 let delay = l.delivery.backoff_for(attempt).get();
                 tracing::debug!(listener, seq, attempt, ?status, %error, ?delay, "push failed; retrying here later");
                 metrics.delivery("nak");
-                traced(What::Retried, status, Some(error)).await;
+                traced(What::Retried, status, Some(&error));
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {
                         attempt += 1;
@@ -357,7 +354,7 @@ async fn handle(
                 let delay = l.delivery.backoff_for(attempt).get();
                 tracing::debug!(listener, seq, attempt, ?status, %error, ?delay, "push failed; retrying later");
                 metrics.delivery("nak");
-                traced(What::Retried, status, Some(error)).await;
+                traced(What::Retried, status, Some(&error));
                 msg.ack_with(AckKind::Nak(Some(delay))).await
             }
             Outcome::Retry { status, error } | Outcome::Refused { status, error } => {
@@ -365,7 +362,7 @@ async fn handle(
                     Ok(()) => {
                         tracing::info!(listener, seq, attempt, ?status, %error, "event refused; dead-lettered");
                         metrics.delivery("term");
-                        traced(What::DeadLettered, status, Some(error)).await;
+                        traced(What::DeadLettered, status, Some(&error));
                         msg.ack_with(AckKind::Term).await
                     }
                     Err(e) if retry_here => {

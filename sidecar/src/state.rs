@@ -64,6 +64,7 @@ pub struct State {
     /// Trace records waiting to be written.
     pub traces: crate::trace::Recorder,
     buckets: Mutex<HashMap<String, kv::Store>>,
+    sender: String,
 }
 
 impl State {
@@ -79,6 +80,7 @@ impl State {
         let registry = Registry::new(config.namespace.clone(), config.node.clone());
         let blobs = Blobs::new(js.clone(), naming::blob_bucket(&config.namespace));
         Arc::new(Self {
+            sender: config.sender(),
             streams: Arc::new(Semaphore::new(config.max_streams)),
             requests: Arc::new(Semaphore::new(config.max_requests)),
             config,
@@ -115,9 +117,9 @@ impl State {
         BodyLimits { max: self.config.max_body, within: self.config.body_timeout }
     }
 
-    /// `<ns>/<node>`.
-    pub fn sender(&self) -> String {
-        self.config.sender()
+    /// `<ns>/<node>`: the sender of every event this sidecar writes.
+    pub fn sender(&self) -> &str {
+        &self.sender
     }
 
     /// A KV bucket handle, cached after the first lookup.

@@ -13,11 +13,12 @@
 //! write (and the wake-ups around it) of its own. Idle, nothing waits or wakes.
 
 use causeway_api::{
+    causal,
     envelope::Envelope,
-    names::DnsLabel,
+    names,
     naming::{self, Kind},
     registry::ListenerRecord,
-    trace::{TraceRecord, What},
+    trace::{RecordRef, What},
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +58,12 @@ impl Recorder {
 
     /// Publishes every waiting record (no reply is awaited); the client writes them together.
     pub async fn flush(&self, client: &async_nats::Client) {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let batch = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            // The next batch likely gathers as many: room for them, so it does not regrow.
+            let room = p.len();
+            std::mem::replace(&mut *p, Vec::with_capacity(room))
+        };
         for (subject, record) in batch {
             if let Err(e) = client.publish(subject, record).await {
                 tracing::debug!(error = %e, "trace record not published");
@@ -88,8 +94,8 @@ pub fn enabled(state: &State) -> bool {
     state.registry.own_node().is_none_or(|n| n.spec.trace.enabled)
 }
 
-/// The fields of an event that its trace records repeat.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// The fields of an event that its trace records repeat, as an ack token carries them.
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Traced {
     /// The event id.
     pub id: String,
@@ -110,40 +116,70 @@ pub struct Traced {
 }
 
 impl Traced {
-    /// The trace fields of `env`.
-    pub fn of(env: &Envelope) -> Self {
-        Self {
-            id: env.id.clone(),
-            event_type: env.event_type.clone(),
-            sender: env.sender.clone(),
-            subject: env.subject.clone(),
-            causation_id: env.causation_id.clone(),
-            correlation_id: env.correlation_id.clone(),
-            lamport: env.lamport,
-            time: env.time.clone(),
-        }
-    }
-
-    /// Compact MessagePack (fields by position), for an ack token's context.
-    pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec(self).expect("trace fields always encode")
-    }
-
-    /// Decodes [`Traced::encode`]'s bytes; `None` for anything else.
+    /// Decodes [`EventRef::encode`]'s bytes; `None` for anything else.
     pub fn decode(b: &[u8]) -> Option<Self> {
         rmp_serde::from_slice(b).ok()
     }
 }
 
+/// [`Traced`], borrowed from the event: what every record is written from, without copying.
+#[derive(Serialize, Clone, Copy, Debug)]
+pub struct EventRef<'a> {
+    id: &'a str,
+    event_type: &'a str,
+    sender: &'a str,
+    subject: Option<&'a str>,
+    causation_id: Option<&'a str>,
+    correlation_id: &'a str,
+    lamport: u64,
+    time: &'a str,
+}
+
+impl EventRef<'_> {
+    /// Compact MessagePack (fields by position), for an ack token's context: [`Traced::decode`]
+    /// reads it back.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("trace fields always encode")
+    }
+}
+
+impl<'a> From<&'a Envelope> for EventRef<'a> {
+    fn from(env: &'a Envelope) -> Self {
+        Self {
+            id: &env.id,
+            event_type: &env.event_type,
+            sender: &env.sender,
+            subject: env.subject.as_deref(),
+            causation_id: env.causation_id.as_deref(),
+            correlation_id: &env.correlation_id,
+            lamport: env.lamport,
+            time: &env.time,
+        }
+    }
+}
+
+impl<'a> From<&'a Traced> for EventRef<'a> {
+    fn from(t: &'a Traced) -> Self {
+        Self {
+            id: &t.id,
+            event_type: &t.event_type,
+            sender: &t.sender,
+            subject: t.subject.as_deref(),
+            causation_id: t.causation_id.as_deref(),
+            correlation_id: &t.correlation_id,
+            lamport: t.lamport,
+            time: &t.time,
+        }
+    }
+}
+
 /// Records that `out` was stored at `sequence` (not for dead letters: their outcome record says it).
-pub async fn stored(state: &State, out: &Outgoing, sequence: u64) {
+pub fn stored(state: &State, out: &Outgoing, sequence: u64) {
     if out.envelope.dead_letter.is_some() || !enabled(state) {
         return;
     }
-    let mut ev = Traced::of(&out.envelope);
-    ev.subject = naming::strip_subject_prefix(&out.prefix, &out.subject).map(|s| s.to_owned());
-    let rec = record(state, What::Stored, ev, &out.stream, sequence);
-    publish(state, &out.stream, rec).await;
+    let ev = EventRef { subject: naming::strip_subject_prefix(&out.prefix, &out.subject), ..(&out.envelope).into() };
+    record(state, What::Stored, ev, &out.stream, sequence, None);
 }
 
 /// A listener's outcome for one delivery attempt.
@@ -159,16 +195,10 @@ pub struct Outcome<'a> {
 }
 
 /// Records what listener `l` did with the event at `sequence` of its stream.
-pub async fn delivered(state: &State, l: &ListenerRecord, ev: Traced, sequence: u64, o: Outcome<'_>) {
-    if !enabled(state) {
-        return;
+pub fn delivered(state: &State, l: &ListenerRecord, ev: EventRef<'_>, sequence: u64, o: Outcome<'_>) {
+    if enabled(state) {
+        record(state, o.what, ev, &l.stream, sequence, Some((l.meta.name.as_str(), o)));
     }
-    let mut rec = record(state, o.what, ev, &l.stream, sequence);
-    rec.listener = Some(l.meta.name.to_string());
-    rec.attempt = Some(o.attempt);
-    rec.status = o.status;
-    rec.error = o.error.map(|e| e.chars().take(500).collect());
-    publish(state, &l.stream, rec).await;
 }
 
 /// What a pull listener's app answered for a fetched event in `POST /v1/acks`.
@@ -186,10 +216,10 @@ pub enum Answer {
 /// time: an ack is `delivered`; a nak is `retried`, unless it was the last attempt `maxDeliver`
 /// allows (JetStream delivers it no more, so the listener gave up: `deadLettered`); a term is
 /// `deadLettered`. `reason` is what the app said, if anything.
-pub async fn pulled(
+pub fn pulled(
     state: &State,
     l: &ListenerRecord,
-    ev: Traced,
+    ev: &Traced,
     sequence: u64,
     attempt: u64,
     answer: Answer,
@@ -211,45 +241,52 @@ pub async fn pulled(
         Answer::Term => (What::DeadLettered, Some(because("the app terminated it"))),
     };
     let o = Outcome { what, attempt, status: None, error: error.as_deref() };
-    delivered(state, l, ev, sequence, o).await;
+    delivered(state, l, ev.into(), sequence, o);
 }
 
-fn record(state: &State, what: What, ev: Traced, stream: &str, sequence: u64) -> TraceRecord {
-    let target = match naming::parse_stream(stream) {
-        Some((Kind::Node, ns, n)) => format!("node {ns}/{n}"),
-        Some((_, ns, x)) => format!("store {ns}/{x}"),
-        None => stream.to_owned(),
-    };
-    TraceRecord {
+/// Most characters of a delivery error a record keeps.
+const MAX_ERROR_CHARS: usize = 500;
+
+/// Writes one record (to the [`Recorder`]: JetStream stores it soon, nobody waits), in the
+/// trace stream of the namespace of `stream`, where the event lives.
+fn record(
+    state: &State,
+    what: What,
+    ev: EventRef<'_>,
+    stream: &str,
+    sequence: u64,
+    outcome: Option<(&str, Outcome<'_>)>,
+) {
+    let Some((kind, ns, x)) = naming::parse_stream(stream) else { return };
+    if !names::is_dns_label(ns) {
+        return;
+    }
+    let at = causal::Rfc3339Millis::now();
+    let (listener, o) = outcome.map_or((None, None), |(l, o)| (Some(l), Some(o)));
+    let error =
+        o.as_ref().and_then(|o| o.error).map(|e| e.char_indices().nth(MAX_ERROR_CHARS).map_or(e, |(i, _)| &e[..i]));
+    let rec = RecordRef {
         what,
         id: ev.id,
         event_type: ev.event_type,
         sender: ev.sender,
-        target,
-        stream: stream.to_owned(),
+        target: [if kind == Kind::Node { "node " } else { "store " }, ns, "/", x],
+        stream,
         sequence,
         subject: ev.subject,
         causation_id: ev.causation_id,
         correlation_id: ev.correlation_id,
         lamport: ev.lamport,
         time: ev.time,
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        at: at.as_str(),
         by: state.sender(),
-        listener: None,
-        attempt: None,
-        status: None,
-        error: None,
-    }
-}
-
-/// Leaves the record to the [`Recorder`]: JetStream stores it soon, nobody waits.
-async fn publish(state: &State, stream: &str, rec: TraceRecord) {
-    let ns = match naming::parse_stream(stream).map(|(_, ns, _)| DnsLabel::new(ns)) {
-        Some(Ok(ns)) => ns,
-        _ => return,
+        listener,
+        attempt: o.as_ref().map(|o| o.attempt),
+        status: o.as_ref().and_then(|o| o.status),
+        error,
     };
     let c = &state.config;
-    let subject = naming::trace_subject(&ns, &rec.correlation_id, c.namespace.as_str(), c.node.as_str());
+    let subject = naming::trace_subject(ns, ev.correlation_id, c.namespace.as_str(), c.node.as_str());
     if !state.traces.push(subject, rec.encode().into()) {
         state.metrics.trace_dropped.inc();
     }
@@ -271,7 +308,7 @@ mod tests {
             lamport: 17,
             time: "2026-11-25T12:00:00.123Z".into(),
         };
-        let b = ev.encode();
+        let b = EventRef::from(&ev).encode();
         assert_eq!(Traced::decode(&b), Some(ev));
         // By position, not by name: the fields' own bytes and little more.
         assert!(b.len() < 130, "{} bytes", b.len());

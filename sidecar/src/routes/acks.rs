@@ -106,7 +106,7 @@ pub async fn post(state: &State, req: Request<Incoming>) -> Result<Resp> {
     // Recorded only if tracing is still on (it may have been turned off since the fetch).
     for p in planned {
         if let Some((l, ev, seq, attempt)) = p.traced {
-            trace::pulled(state, &l, ev, seq, attempt, p.answer, p.reason.as_deref()).await;
+            trace::pulled(state, &l, &ev, seq, attempt, p.answer, p.reason.as_deref());
         }
     }
     Ok(json(StatusCode::OK, &json!({ "processed": processed })))

@@ -19,7 +19,7 @@ use crate::{
     event::{Decoded, decode_stored},
     http::{Query, Resp, json},
     state::State,
-    trace::{self, Traced},
+    trace,
 };
 
 /// Most events one fetch returns.
@@ -164,7 +164,7 @@ pub async fn fetch(state: &State, name: &str, req: &http::Request<hyper::body::I
         if let Value::Object(o) = &mut v {
             // With tracing on, the token carries the event's trace fields, so that its ack, nak or
             // term can be recorded (see `trace::pulled`).
-            let traced = trace::enabled(state).then(|| Traced::of(&env).encode());
+            let traced = trace::enabled(state).then(|| trace::EventRef::from(&*env).encode());
             o.insert("ackToken".into(), state.tokens.issue(&reply, traced.as_deref()).into());
             o.insert("attempt".into(), attempt.into());
         }
@@ -194,7 +194,7 @@ async fn skip(
     } else {
         if let Some(env) = env {
             let o = trace::Outcome { what: What::DeadLettered, attempt, status: None, error: Some(&error) };
-            trace::delivered(state, l, Traced::of(env), seq, o).await;
+            trace::delivered(state, l, env.into(), seq, o);
         }
         let _ = m.ack_with(AckKind::Term).await;
     }
