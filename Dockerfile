@@ -16,7 +16,10 @@ WORKDIR /src
 # 1. Dependencies only. The manifests and the lock file, with empty stand-ins for the sources,
 #    build every dependency in a layer that is rebuilt only when a Cargo.toml or Cargo.lock
 #    changes. Every workspace member's manifest must be present for the workspace to load;
-#    tests/ and bench/ are members too but are never built here.
+#    tests/ and bench/ are members too but are never built here. The sidecar is built on its
+#    own, not together with the CLI: Cargo unifies features across the packages of one build,
+#    and the CLI's Kubernetes client would give the sidecar an HTTP/2 stack it never uses
+#    (~1 MB of code, resident in every pod: see bench/README.md).
 COPY Cargo.toml Cargo.lock ./
 COPY api/Cargo.toml api/Cargo.toml
 COPY operator/Cargo.toml operator/Cargo.toml
@@ -27,7 +30,7 @@ COPY bench/Cargo.toml bench/Cargo.toml
 RUN set -eu; \
     for crate in api operator sidecar tests; do mkdir -p "$crate/src"; : > "$crate/src/lib.rs"; done; \
     for crate in sidecar cli bench; do mkdir -p "$crate/src"; echo 'fn main() {}' > "$crate/src/main.rs"; done; \
-    cargo build --profile dist --locked -p causeway-cli -p causeway-sidecar
+    cargo build --profile dist --locked -p causeway-sidecar && cargo build --profile dist --locked -p causeway-cli
 
 # 2. The sources. Touch them so that cargo rebuilds the workspace crates over the stand-ins
 #    (a copied file keeps its old modification time).
@@ -37,7 +40,7 @@ COPY sidecar/src sidecar/src
 COPY cli/src cli/src
 RUN set -eu; \
     find api/src operator/src sidecar/src cli/src -name '*.rs' -exec touch {} +; \
-    cargo build --profile dist --locked -p causeway-cli -p causeway-sidecar; \
+    cargo build --profile dist --locked -p causeway-sidecar && cargo build --profile dist --locked -p causeway-cli; \
     mkdir -p /out; \
     cp target/dist/causeway target/dist/causeway-sidecar /out/; \
     /out/causeway --version

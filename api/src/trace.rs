@@ -216,12 +216,19 @@ mod mp {
     }
 
     pub fn str(w: &mut Vec<u8>, s: &str) {
-        str_of(w, &[s]);
+        str_header(w, s.len());
+        w.extend_from_slice(s.as_bytes());
     }
 
     /// One string made of `parts`.
     pub fn str_of(w: &mut Vec<u8>, parts: &[&str]) {
-        let n = parts.iter().map(|p| p.len()).sum::<usize>();
+        str_header(w, parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            w.extend_from_slice(p.as_bytes());
+        }
+    }
+
+    fn str_header(w: &mut Vec<u8>, n: usize) {
         match n {
             0..32 => w.push(0xa0 | n as u8),
             32..256 => w.extend_from_slice(&[0xd9, n as u8]),
@@ -233,9 +240,6 @@ mod mp {
                 w.push(0xdb);
                 w.extend_from_slice(&(n as u32).to_be_bytes());
             }
-        }
-        for p in parts {
-            w.extend_from_slice(p.as_bytes());
         }
     }
 

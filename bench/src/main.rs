@@ -3,9 +3,9 @@
 //! ratios less so).
 //!
 //! ```sh
-//! cargo build --release -p causeway-sidecar -p causeway-cli -p causeway-bench
-//! target/release/causeway-bench perf            # every workload against its floor, one table
-//! target/release/causeway-bench perf --quick    # the same, small: a smoke test (CI runs it)
+//! cargo build --profile dist -p causeway-sidecar && cargo build --profile dist -p causeway-cli -p causeway-bench
+//! target/dist/causeway-bench perf            # every workload against its floor, one table
+//! target/dist/causeway-bench perf --quick    # the same, small: a smoke test (CI runs it)
 //! ```
 #![forbid(unsafe_code)]
 

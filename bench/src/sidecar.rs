@@ -34,7 +34,7 @@ impl Drop for Proc {
 
 pub(crate) fn sibling(name: &str) -> std::path::PathBuf {
     let p = std::env::current_exe().unwrap().parent().unwrap().join(name);
-    assert!(p.exists(), "{} missing: cargo build --release -p causeway-sidecar -p causeway-bench", p.display());
+    assert!(p.exists(), "{} missing: build it beside causeway-bench (see bench/README.md)", p.display());
     p
 }
 

@@ -647,7 +647,7 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
                 )
                 .map_err(|e| refused(i, &e))?[0];
                 let subject = draft.event_type.clone();
-                let mut envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
+                let mut envelope = build(draft, Some(&c), &state.causes, &state.clock, sender, &tname, &subject);
                 envelope.schema_version = version;
                 Outgoing::to_inbox(state, &target, envelope)
             }
@@ -667,7 +667,7 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
                     false,
                 )
                 .map_err(|e| refused(i, &e))?[0];
-                let mut envelope = build(draft, Some(&c), &state.causes, &state.clock, &sender, &tname, &subject);
+                let mut envelope = build(draft, Some(&c), &state.causes, &state.clock, sender, &tname, &subject);
                 envelope.schema_version = version;
                 Outgoing {
                     subject: naming::join_subject(&rec.subject_prefix, &subject),

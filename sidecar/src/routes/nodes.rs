@@ -39,7 +39,7 @@ pub async fn send(state: &State, node: &str, req: Request<Incoming>) -> Result<R
         .map(|(d, version)| {
             // In an inbox the subject is the event type, so listeners filter by type on the server.
             let subject = d.event_type.clone();
-            let mut env = build(d, None, &state.causes, &state.clock, &sender, &target_name, &subject);
+            let mut env = build(d, None, &state.causes, &state.clock, sender, &target_name, &subject);
             env.schema_version = version;
             Outgoing::to_inbox(state, &target, env)
         })

@@ -103,7 +103,7 @@ pub async fn append(state: &State, store: &str, subject: &str, req: Request<Inco
         .into_iter()
         .zip(versions)
         .map(|(d, version)| {
-            let mut env = build(d, None, &state.causes, &state.clock, &sender, &target, subject);
+            let mut env = build(d, None, &state.causes, &state.clock, sender, &target, subject);
             env.schema_version = version;
             env
         })
