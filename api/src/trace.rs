@@ -115,27 +115,43 @@ impl TraceRecord {
 /// A [`TraceRecord`] whose strings are borrowed: what a sidecar encodes for every event it
 /// stores and every delivery outcome, straight from the event's own fields.
 #[derive(Clone, Copy, Debug, PartialEq)]
-#[allow(missing_docs)] // the fields are TraceRecord's
 pub struct RecordRef<'a> {
+    /// What happened.
     pub what: What,
+    /// The event id.
     pub id: &'a str,
+    /// The event type.
     pub event_type: &'a str,
+    /// Who sent the event (`<ns>/<node>`).
     pub sender: &'a str,
-    /// The target, in parts written one after another (`["node ", ns, "/", name]`), so that
-    /// it needs no string of its own.
+    /// Where the event lives, in parts written one after another (`["node ", ns, "/", name]`),
+    /// so that it needs no string of its own.
     pub target: [&'a str; 4],
+    /// The event's stream.
     pub stream: &'a str,
+    /// Its sequence in that stream.
     pub sequence: u64,
+    /// Its subject, relative to its store or inbox.
     pub subject: Option<&'a str>,
+    /// The event that caused it.
     pub causation_id: Option<&'a str>,
+    /// Its correlation id.
     pub correlation_id: &'a str,
+    /// Its Lamport time.
     pub lamport: u64,
+    /// When the event was created.
     pub time: &'a str,
+    /// When this record was written (RFC 3339).
     pub at: &'a str,
+    /// Who wrote the record (`<ns>/<node>`).
     pub by: &'a str,
+    /// The listener, for delivery outcomes.
     pub listener: Option<&'a str>,
+    /// The delivery attempt (1 for the first), for delivery outcomes.
     pub attempt: Option<u64>,
+    /// The app's HTTP status, when it answered.
     pub status: Option<u16>,
+    /// Why a delivery failed.
     pub error: Option<&'a str>,
 }
 
