@@ -101,11 +101,6 @@ pub fn now_rfc3339() -> String {
     Rfc3339Millis::now().as_str().to_owned()
 }
 
-/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn rfc3339_millis(t: DateTime<Utc>) -> String {
-    Rfc3339Millis::of(t).as_str().to_owned()
-}
-
 /// A time as events and trace records carry it, `YYYY-MM-DDTHH:MM:SS.mmmZ`: the text chrono's
 /// `to_rfc3339_opts(Millis, true)` gives (a test holds them equal), written digit by digit
 /// into a buffer on the stack, since every event and every trace record takes one. Years
@@ -164,7 +159,8 @@ mod tests {
         #[test]
         fn timestamps_read_as_chronos(ms in -70_000_000_000_000i64..300_000_000_000_000i64) {
             let t = DateTime::from_timestamp_millis(ms).unwrap();
-            proptest::prop_assert_eq!(rfc3339_millis(t), t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            let ours = Rfc3339Millis::of(t);
+            proptest::prop_assert_eq!(ours.as_str(), t.to_rfc3339_opts(SecondsFormat::Millis, true));
         }
     }
 
@@ -172,11 +168,11 @@ mod tests {
     fn timestamp_edges_read_as_chronos() {
         for ms in [0, 1, 999, 1_000, -1, -62_167_219_200_000, 253_402_300_799_999, 253_402_300_800_000] {
             let t = DateTime::from_timestamp_millis(ms).unwrap();
-            assert_eq!(rfc3339_millis(t), t.to_rfc3339_opts(SecondsFormat::Millis, true), "{ms}");
+            assert_eq!(Rfc3339Millis::of(t).as_str(), t.to_rfc3339_opts(SecondsFormat::Millis, true), "{ms}");
         }
         // Sub-millisecond digits are cut, not rounded, as chrono does.
         let t = DateTime::from_timestamp(1_764_000_000, 999_999_999).unwrap();
-        assert_eq!(rfc3339_millis(t), "2025-11-24T16:00:00.999Z");
+        assert_eq!(Rfc3339Millis::of(t).as_str(), "2025-11-24T16:00:00.999Z");
     }
 
     #[test]
