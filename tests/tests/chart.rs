@@ -934,7 +934,8 @@ fn dockerfile_builds_both_binaries_into_a_non_root_multi_stage_image() {
         assert!(tagged, "{f}: pin a tag or digest");
         assert!(!image.ends_with(":latest"), "{f}: no latest tags");
     }
-    assert!(froms[0].contains("rust:1.95-bookworm") && froms[0].to_ascii_uppercase().contains(" AS "), "{}", froms[0]);
+    // The exact toolchain: sidecar/link-order.txt names functions as this compiler mangles them.
+    assert!(froms[0].contains("rust:1.95.0-bookworm") && froms[0].to_ascii_uppercase().contains(" AS "), "{}", froms[0]);
     let last_from = instructions.iter().rposition(|i| op(i) == "FROM").unwrap();
     let final_stage = &instructions[last_from..];
     let final_image = final_stage[0].split_whitespace().nth(1).unwrap();
@@ -983,6 +984,18 @@ fn dockerfile_builds_both_binaries_into_a_non_root_multi_stage_image() {
         let copy = format!("{m}/Cargo.toml");
         let at = instructions.iter().position(|i| op(i) == "COPY" && i.contains(&copy));
         assert!(at.is_some_and(|at| at < builds[0]), "the Dockerfile copies {copy} before the dependency build");
+    }
+    // Every build script, and the sidecar's link order that its build script reads, is copied
+    // before the real build.
+    let mut build_inputs: Vec<String> = workspace_members()
+        .into_iter()
+        .map(|m| format!("{m}/build.rs"))
+        .filter(|f| workspace_root().join(f).exists())
+        .collect();
+    build_inputs.push("sidecar/link-order.txt".into());
+    for f in build_inputs {
+        let at = instructions.iter().position(|i| op(i) == "COPY" && i.split_whitespace().any(|w| w == f));
+        assert!(at.is_some_and(|at| at < builds[1]), "the Dockerfile copies {f} before the real build");
     }
     let ignore = std::fs::read_to_string(workspace_root().join(".dockerignore")).expect(".dockerignore");
     for must in ["target", ".git", ".tools"] {
