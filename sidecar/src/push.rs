@@ -411,10 +411,8 @@ async fn deliver(
     attempt: u64,
     slot: &mut Option<Envelope>,
 ) -> Outcome {
-    let event_type = msg.headers.as_ref().and_then(|h| h.get(HEADER_TYPE)).map(|t| t.as_str().to_owned());
-    if let Some(t) = &event_type
-        && !l.wants_type(t)
-    {
+    let typed = msg.headers.as_ref().and_then(|h| h.get(HEADER_TYPE)).map(|t| l.wants_type(t.as_str()));
+    if typed == Some(false) {
         return Outcome::Ack("skipped");
     }
     let mut env = match Envelope::decode(&msg.payload) {
@@ -424,7 +422,7 @@ async fn deliver(
             return Outcome::Refused { status: None, error: format!("not a Causeway event: {e}") };
         }
     };
-    if event_type.is_none() && !l.wants_type(&env.event_type) {
+    if typed.is_none() && !l.wants_type(&env.event_type) {
         return Outcome::Ack("skipped");
     }
     // Before the clock or the app sees it: a forged event must leave no trace but the dead letter.
@@ -454,9 +452,10 @@ async fn deliver(
     }
     state.clock.observe(env.lamport);
     state.causes.remember(&env);
-    *slot = Some(env.clone());
+    // The caller keeps the event (for its trace record and a dead letter); it is read from there.
+    let env: &Envelope = slot.insert(env);
 
-    let handled = handled_key(l.meta.name.as_str(), &env.id);
+    let handled = if l.delivery.exactly_once { handled_key(l.meta.name.as_str(), &env.id) } else { String::new() };
     let state_kv = if l.delivery.exactly_once {
         match state.bucket(&state.state_bucket()).await {
             Ok(kv) => match crate::nats::kv_value(&state.client, &state.state_bucket(), &handled).await {
@@ -464,7 +463,7 @@ async fn deliver(
                 // the app's reply asked for again (their ids are fixed, so JetStream stores them
                 // once), ack, and do not call the app again.
                 Ok(Some(reply)) => {
-                    if let Err(o) = emit(state, &env, l, &reply).await {
+                    if let Err(o) = emit(state, env, l, &reply).await {
                         return o;
                     }
                     return Outcome::Ack("skipped_handled");
@@ -484,13 +483,13 @@ async fn deliver(
             error: "the app's port is unknown: set CAUSEWAY_APP_PORT or the Node's app.port".into(),
         };
     };
-    let body = view_json(&env, &l.stream, seq);
+    let body = view_json(env, &l.stream, seq);
     let req = Request::post(format!("http://127.0.0.1:{port}{}", l.delivery.path))
         .header("content-type", "application/json")
         .header("cw-event-id", env.id.as_str())
         .header("cw-type", env.event_type.as_str())
         .header("cw-correlation-id", env.correlation_id.as_str())
-        .header("cw-delivery-attempt", attempt.to_string())
+        .header("cw-delivery-attempt", attempt)
         .header("cw-listener", l.meta.name.as_str())
         .body(Full::new(Bytes::from(body)));
     let req = match req {
@@ -533,7 +532,7 @@ async fn deliver(
                 Err(e) => return Outcome::Retry { status: code, error: e },
             };
             let Some(kv) = state_kv else {
-                if let Err(o) = emit(state, &env, l, &body).await {
+                if let Err(o) = emit(state, env, l, &body).await {
                     return o;
                 }
                 return Outcome::Ack("ack");
@@ -543,14 +542,14 @@ async fn deliver(
             // mark is published first and marked after.
             let fits = state.max_payload().is_ok_and(|m| body.len() + crate::blob::HEADROOM <= m);
             if !fits {
-                if let Err(o) = emit(state, &env, l, &body).await {
+                if let Err(o) = emit(state, env, l, &body).await {
                     return o;
                 }
                 mark_handled(&kv, &handled, Bytes::from_static(b"1"), l).await;
                 return Outcome::Ack("ack");
             }
             let marked = mark_handled(&kv, &handled, body.clone(), l).await;
-            if let Err(o) = emit(state, &env, l, &body).await {
+            if let Err(o) = emit(state, env, l, &body).await {
                 // The event goes back to the app (or to the dead letter): it is not handled.
                 if marked && let Err(e) = kv.delete(&handled).await {
                     tracing::warn!(listener = %l.meta.name, error = %e, "could not clear a handled mark");

@@ -935,7 +935,11 @@ fn dockerfile_builds_both_binaries_into_a_non_root_multi_stage_image() {
         assert!(!image.ends_with(":latest"), "{f}: no latest tags");
     }
     // The exact toolchain: sidecar/link-order.txt names functions as this compiler mangles them.
-    assert!(froms[0].contains("rust:1.95.0-bookworm") && froms[0].to_ascii_uppercase().contains(" AS "), "{}", froms[0]);
+    assert!(
+        froms[0].contains("rust:1.95.0-bookworm") && froms[0].to_ascii_uppercase().contains(" AS "),
+        "{}",
+        froms[0]
+    );
     let last_from = instructions.iter().rposition(|i| op(i) == "FROM").unwrap();
     let final_stage = &instructions[last_from..];
     let final_image = final_stage[0].split_whitespace().nth(1).unwrap();
