@@ -358,7 +358,7 @@ async fn handle(
                 msg.ack_with(AckKind::Nak(Some(delay))).await
             }
             Outcome::Retry { status, error } | Outcome::Refused { status, error } => {
-                match dead_letter(state, l, env.as_ref(), &msg, seq, attempt, status, &error).await {
+                match dead_letter(state, l, env.as_ref(), &msg.payload, seq, attempt, status, &error).await {
                     Ok(()) => {
                         tracing::info!(listener, seq, attempt, ?status, %error, "event refused; dead-lettered");
                         metrics.delivery("term");
@@ -386,6 +386,28 @@ async fn handle(
         tracing::warn!(listener, seq, error = %e, "ack to JetStream failed; the event will be redelivered");
     }
     gauge.dec();
+}
+
+/// Reads the payload of an event whose payload is in the blob store back into it. The error
+/// says whether it is permanent (the blob is gone or does not decode) or may pass (NATS).
+pub(crate) async fn inline_blob(state: &State, env: &mut Envelope) -> Result<(), (bool, String)> {
+    let Some(r) = env.blob.take() else { return Ok(()) };
+    let read = match state.blobs.fetch(&r).await {
+        Ok(b) => {
+            rmp_serde::from_slice(&b).map_err(|e| (true, format!("its payload blob {} does not decode: {e}", r.name)))
+        }
+        Err(e) => Err((e.is_permanent(), e.to_string())),
+    };
+    match read {
+        Ok(v) => {
+            env.payload = v;
+            Ok(())
+        }
+        Err(e) => {
+            env.blob = Some(r);
+            Err(e)
+        }
+    }
 }
 
 /// The key in the state bucket that marks an event handled by a listener (exactly-once).
@@ -432,23 +454,13 @@ async fn deliver(
         *slot = Some(env);
         return Outcome::Refused { status: None, error };
     }
-    if let Some(r) = env.blob.take() {
-        let read = match state.blobs.fetch(&r).await {
-            Ok(b) => rmp_serde::from_slice(&b)
-                .map_err(|e| (true, format!("its payload blob {} does not decode: {e}", r.name))),
-            Err(e) => Err((e.is_permanent(), e.to_string())),
-        };
-        match read {
-            Ok(v) => env.payload = v,
-            Err((permanent, error)) => {
-                *slot = Some(env);
-                if permanent {
-                    state.metrics.undecodable("push");
-                    return Outcome::Refused { status: None, error };
-                }
-                return Outcome::Retry { status: None, error };
-            }
+    if let Err((permanent, error)) = inline_blob(state, &mut env).await {
+        *slot = Some(env);
+        if permanent {
+            state.metrics.undecodable("push");
+            return Outcome::Refused { status: None, error };
         }
+        return Outcome::Retry { status: None, error };
     }
     state.clock.observe(env.lamport);
     state.causes.remember(&env);
@@ -697,13 +709,14 @@ async fn emit(state: &State, cause: &Envelope, l: &ListenerRecord, body: &[u8]) 
     Ok(())
 }
 
-/// Publishes a refused event to the listener's dead letter, with why (when it has one).
+/// Publishes a refused event to the listener's dead letter, with why (when it has one). `env` is
+/// the event; without it (undecodable), `raw`, its stored bytes, are kept as a string.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn dead_letter(
     state: &State,
     l: &ListenerRecord,
     env: Option<&Envelope>,
-    msg: &jetstream::Message,
+    raw: &[u8],
     seq: u64,
     attempts: u64,
     status: Option<u16>,
@@ -717,7 +730,7 @@ pub(crate) async fn dead_letter(
         None => Envelope {
             id: format!("undecodable-{}-{seq}", l.stream),
             event_type: "causeway.undecodable".into(),
-            payload: Value::String(String::from_utf8_lossy(&msg.payload).into_owned()),
+            payload: Value::String(String::from_utf8_lossy(raw).into_owned()),
             subject: None,
             time: now_rfc3339(),
             sender: listener.clone(),

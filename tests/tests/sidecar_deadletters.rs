@@ -338,3 +338,112 @@ async fn auto_replay_waits_for_the_delay_and_stops_at_the_cap() {
     let pending = dead_letters(&c, &inv, "?replayed=false").await;
     assert_eq!(pending.len(), 1, "only the capped one is left: {pending:?}");
 }
+
+/// A pull listener's app that answers `term` gives the event up: it goes to the listener's dead
+/// letter with the app's reason (once, however often the term is sent), can be replayed after a
+/// fix and is then fetched again with its id and causal context; without a dead letter a term
+/// only drops the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_term_dead_letters_the_event_for_replay() {
+    let server = NatsServer::start();
+    let extra = r#"---
+apiVersion: causeway.dev/v1alpha1
+kind: Listener
+metadata: {name: picker, namespace: shop}
+spec:
+  node: inventory
+  source: {store: orders}
+  startAt: all
+  delivery: {mode: pull}
+  deadLetter: {store: dead, subject: picker}
+---
+apiVersion: causeway.dev/v1alpha1
+kind: Listener
+metadata: {name: plain, namespace: shop}
+spec:
+  node: inventory
+  source: {store: orders}
+  startAt: all
+  delivery: {mode: pull}
+"#;
+    apply(&server, &format!("{}{extra}", shop(""))).await;
+    let app = App::start(|_| (200, json!({}))).await;
+    let p = app.port.to_string();
+    let inv = Sidecar::start(&server, "shop", "inventory", &[("CAUSEWAY_APP_PORT", &p)]).await;
+    let web = Sidecar::start(&server, "shop", "web", &[]).await;
+    let c = http();
+    let bad = append(
+        &c,
+        &web,
+        "o-1",
+        json!({"type": "order-placed", "payload": {"sku": "zz-9"}, "correlationId": "corr-term"}),
+    )
+    .await;
+    let good = append(&c, &web, "o-2", json!({"type": "order-placed", "payload": {"sku": "a-1"}})).await;
+    let fetch = |l: &'static str| {
+        let (c, url) = (c.clone(), inv.at(&format!("/v1/listeners/{l}/fetch?max=10&waitMs=2000")));
+        async move {
+            let (s, v) = post(&c, &url, &json!({})).await;
+            assert_eq!(s, 200, "{v}");
+            v["events"].as_array().cloned().unwrap()
+        }
+    };
+    let token = |evs: &[Value], id: &str| {
+        evs.iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("{id} fetched: {evs:?}"))["ackToken"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let evs = fetch("picker").await;
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    let (t_bad, t_good) = (token(&evs, &bad), token(&evs, &good));
+    let acks = json!([
+        {"token": t_bad, "result": "term", "reason": "unknown sku zz-9"},
+        {"token": t_good, "result": "ack"},
+    ]);
+    let (s, r) = post(&c, &inv.at("/v1/acks"), &acks).await;
+    assert_eq!((s, &r["processed"]), (200, &json!(2)), "{r}");
+    // The same term again (a client retrying) stores no second dead letter.
+    let (s, r) = post(&c, &inv.at("/v1/acks"), &json!([{"token": t_bad, "result": "term"}])).await;
+    assert_eq!(s, 200, "{r}");
+
+    let list = |c: reqwest::Client, url: String| async move {
+        let (s, v) = get(&c, &url).await;
+        assert_eq!(s, 200, "{v}");
+        v["deadLetters"].as_array().cloned().unwrap()
+    };
+    let dls = list(c.clone(), inv.at("/v1/listeners/picker/deadletters")).await;
+    assert_eq!(dls.len(), 1, "one dead letter, for the termed event only: {dls:?}");
+    let dl = &dls[0];
+    assert_eq!(
+        (&dl["id"], &dl["correlationId"], &dl["payload"]["sku"]),
+        (&json!(bad), &json!("corr-term"), &json!("zz-9"))
+    );
+    let error = dl["deadLetter"]["error"].as_str().unwrap();
+    assert!(error.contains("terminated") && error.contains("unknown sku zz-9"), "{error}");
+    assert_eq!(dl["deadLetter"]["attempts"], 1, "{dl}");
+    assert_eq!(dl["deadLetter"]["status"], Value::Null, "{dl}");
+    assert!(fetch("picker").await.is_empty(), "termed and acked events are not fetched again");
+
+    // After the fix: replayed, fetched again with its id and context, acked; marked replayed.
+    let seq = dl["sequence"].as_u64().unwrap();
+    let (s, r) = post(&c, &inv.at(&format!("/v1/listeners/picker/deadletters/{seq}/replay")), &json!({})).await;
+    assert_eq!(s, 202, "{r}");
+    let again = fetch("picker").await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!((&again[0]["id"], &again[0]["correlationId"]), (&json!(bad), &json!("corr-term")));
+    assert_eq!(again[0]["replayOf"]["sequence"], seq, "{}", again[0]);
+    let (s, r) = post(&c, &inv.at("/v1/acks"), &json!([{"token": token(&again, &bad), "result": "ack"}])).await;
+    assert_eq!(s, 200, "{r}");
+    let dls = list(c.clone(), inv.at("/v1/listeners/picker/deadletters?replayed=true")).await;
+    assert_eq!(dls.len(), 1, "marked replayed, not deleted: {dls:?}");
+
+    // A listener without a dead letter: a term drops the event and writes nothing anywhere.
+    let plain = fetch("plain").await;
+    assert_eq!(plain.len(), 2, "{plain:?}");
+    let (s, r) = post(&c, &inv.at("/v1/acks"), &json!([{"token": token(&plain, &bad), "result": "term"}])).await;
+    assert_eq!(s, 200, "{r}");
+    let all = list(c.clone(), inv.at("/v1/listeners/picker/deadletters")).await;
+    assert_eq!(all.len(), 1, "the other listener's term wrote no dead letter: {all:?}");
+    drop((inv, web));
+}

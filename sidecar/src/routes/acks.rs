@@ -1,9 +1,9 @@
 //! `POST /v1/acks`: `[{"token","result":"ack"|"nak"|"term","delayMs"?,"reason"?}]` for fetched
-//! events.
+//! events. A `term` writes the event to the listener's dead letter first, when it has one.
 
 use std::sync::Arc;
 
-use causeway_api::registry::ListenerRecord;
+use causeway_api::{envelope::Envelope, registry::ListenerRecord};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -46,13 +46,39 @@ fn verify(state: &State, i: usize, token: &str) -> Result<(Verified, Arc<Listene
     Ok((v, l))
 }
 
-/// One checked entry: where its ack goes, and what its trace record says.
+/// One checked entry: where its ack goes, the event it answers, and what its trace record says.
 struct Planned {
     subject: String,
     payload: String,
-    traced: Option<(Arc<ListenerRecord>, Traced, u64, u64)>,
+    listener: Arc<ListenerRecord>,
+    sequence: u64,
+    delivered: u64,
+    traced: Option<Traced>,
     answer: Answer,
     reason: Option<String>,
+}
+
+/// A `term` gives the event up: like an event its app refuses in push delivery, it goes to the
+/// listener's dead letter (when it has one), read back from its stream, so that it can be
+/// replayed after a fix. The dead letter's id is fixed per event and listener, so a retried
+/// request stores it once. An event already gone from its stream (limits) leaves nothing.
+async fn dead_letter_termed(state: &State, p: &Planned) -> Result<()> {
+    let l = &p.listener;
+    if l.dead_letter.is_none() {
+        return Ok(());
+    }
+    let Some(stored) = crate::nats::direct_seq(&state.client, &l.stream, p.sequence).await? else { return Ok(()) };
+    let error = match &p.reason {
+        Some(r) => format!("the app terminated it: {r}"),
+        None => "the app terminated it".to_owned(),
+    };
+    let mut env = Envelope::decode(&stored.payload).ok();
+    if let Some(e) = env.as_mut()
+        && let Err((false, why)) = crate::push::inline_blob(state, e).await
+    {
+        return Err(Error::Unavailable(format!("reading the payload of the event to dead-letter: {why}")));
+    }
+    crate::push::dead_letter(state, l, env.as_ref(), &stored.payload, p.sequence, p.delivered, None, &error).await
 }
 
 /// Acks, naks or terminates fetched events. Every entry is checked before any is applied. With
@@ -84,16 +110,22 @@ pub async fn post(state: &State, req: Request<Incoming>) -> Result<Resp> {
                 return Err(Error::InvalidAck(format!("ack [{i}]: result {other:?} must be ack, nak or term")));
             }
         };
-        let traced = v.context.as_deref().and_then(Traced::decode);
         planned.push(Planned {
+            traced: v.context.as_deref().and_then(Traced::decode),
             subject: v.ack.subject,
             payload,
-            traced: traced.map(|t| (l, t, v.ack.stream_sequence, v.ack.delivered)),
+            listener: l,
+            sequence: v.ack.stream_sequence,
+            delivered: v.ack.delivered,
             answer,
             reason: e.reason,
         });
     }
     state.link.connected(state.config.nats_wait).await?;
+    // Dead letters first: one that cannot be written now answers 503 before anything is acked.
+    for p in planned.iter().filter(|p| p.answer == Answer::Term) {
+        dead_letter_termed(state, p).await?;
+    }
     for p in &planned {
         state
             .client
@@ -105,8 +137,8 @@ pub async fn post(state: &State, req: Request<Incoming>) -> Result<Resp> {
     let processed = planned.len();
     // Recorded only if tracing is still on (it may have been turned off since the fetch).
     for p in planned {
-        if let Some((l, ev, seq, attempt)) = p.traced {
-            trace::pulled(state, &l, &ev, seq, attempt, p.answer, p.reason.as_deref());
+        if let Some(ev) = p.traced {
+            trace::pulled(state, &p.listener, &ev, p.sequence, p.delivered, p.answer, p.reason.as_deref());
         }
     }
     Ok(json(StatusCode::OK, &json!({ "processed": processed })))

@@ -188,7 +188,7 @@ async fn skip(
     env: Option<&Envelope>,
     error: String,
 ) -> Value {
-    if let Err(e) = crate::push::dead_letter(state, l, None, m, seq, attempt, None, &error).await {
+    if let Err(e) = crate::push::dead_letter(state, l, env, &m.payload, seq, attempt, None, &error).await {
         tracing::warn!(listener = %l.meta.name, seq, error = %e, "dead letter failed; the event comes back later");
         let _ = m.ack_with(AckKind::Nak(None)).await;
     } else {

@@ -340,11 +340,11 @@ fn build_paths() -> Value {
             },
             "/v1/acks": {
                 "post": {
-                    "summary": "Ack, nak or term fetched events",
+                    "summary": "Ack, nak or term fetched events (a term writes the event to the listener's dead letter first, when it has one)",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "array", "minItems": 1, "items": {
                         "type": "object", "required": ["token", "result"], "additionalProperties": false,
                         "properties": {"token": {"type": "string"}, "result": {"type": "string", "enum": ["ack", "nak", "term"]}, "delayMs": {"type": "integer", "minimum": 0},
-                                       "reason": {"type": "string", "description": "Why it was naked or terminated: shown in the event's trace (first 500 characters)"}}}}}}},
+                                       "reason": {"type": "string", "description": "Why it was naked or terminated: shown in the event's trace (first 500 characters) and, for a term, in its dead letter"}}}}}}},
                     "responses": {"200": ok_json("Applied", json!({"type": "object", "properties": {"processed": {"type": "integer"}}}))}
                 }
             },
