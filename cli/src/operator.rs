@@ -284,14 +284,26 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
         a.health_addr,
         if settings.opts.namespaces.is_empty() { "all namespaces".into() } else { settings.opts.namespaces.join(", ") }
     );
-    let stop = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown.wait()));
+    // A webhook that cannot serve (its port taken, its certificate files unreadable) stops the
+    // whole operator with an error, as a health port that cannot be bound does: a replica left
+    // running but never ready would stall a rollout without saying why, and Kubernetes restarts
+    // one that exits. (Trouble it can wait out, such as its Secret, it retries.)
+    let (webhook_failed_tx, mut webhook_failed) = tokio::sync::watch::channel(None::<String>);
+    let webhook_failure = webhook_failed_tx.subscribe();
+    let stop = futures::FutureExt::shared(futures::FutureExt::boxed(async move {
+        tokio::select! {
+            _ = shutdown.wait() => {}
+            _ = webhook_failed.wait_for(Option::is_some) => {}
+        }
+    }));
     // Every replica serves the webhook, leader or not.
     let webhook_task = webhook.map(|w| {
         let (client, ready, stop) = (kube.clone(), health.webhook.clone(), stop.clone());
         tokio::spawn(async move {
             if let Err(e) = causeway_operator::webhook::run(client, w, ready.clone(), stop).await {
-                tracing::error!(error = %e, "the webhook stopped");
+                tracing::error!(error = %e, "the webhook stopped; stopping the operator");
                 *ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("webhook: {e}"));
+                let _ = webhook_failed_tx.send(Some(e));
             }
         })
     });
@@ -301,6 +313,10 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), nats.flush()).await;
     health_server.abort();
+    if let Some(e) = webhook_failure.borrow().clone() {
+        eprintln!("error: {e}; exiting so that a restart begins afresh");
+        return ExitCode::from(EXIT_NOT_READY);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

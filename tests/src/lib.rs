@@ -1191,6 +1191,25 @@ impl OperatorOptions {
     /// Starts it and waits until its health endpoint answers (not until it is ready: see
     /// [`Operator::wait_ready`]). Panics, with its log, if it exits or does not serve in 30 s.
     pub fn start(&self) -> Operator {
+        let mut op = self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, _)) = http_get(&op.health, "/healthz") {
+                // Another process could answer on that port: make sure ours still runs.
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(op.is_running(), "{} exited; its log:\n{}", op.name, op.log());
+                return op;
+            }
+            if !op.is_running() {
+                panic!("{} exited before serving /healthz; its log:\n{}", op.name, op.log());
+            }
+            assert!(Instant::now() < deadline, "{} did not serve /healthz in 30 s; its log:\n{}", op.name, op.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Starts it and returns at once, for a test of how it fails to start.
+    pub fn spawn(&self) -> Operator {
         let dir = TempDir::new("cw-operator");
         let log_path = dir.path().join("operator.log");
         let log = std::fs::File::create(&log_path).expect("operator log file");
@@ -1224,27 +1243,13 @@ impl OperatorOptions {
             .stderr(log)
             .spawn()
             .expect("start causeway operator");
-        let mut op = Operator {
+        Operator {
             child: Some(child),
             dir,
             log_path,
             health: format!("http://{health_addr}"),
             name: self.name.clone(),
             options: self.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((200, _)) = http_get(&op.health, "/healthz") {
-                // Another process could answer on that port: make sure ours still runs.
-                std::thread::sleep(Duration::from_millis(50));
-                assert!(op.is_running(), "{} exited; its log:\n{}", op.name, op.log());
-                return op;
-            }
-            if !op.is_running() {
-                panic!("{} exited before serving /healthz; its log:\n{}", op.name, op.log());
-            }
-            assert!(Instant::now() < deadline, "{} did not serve /healthz in 30 s; its log:\n{}", op.name, op.log());
-            std::thread::sleep(Duration::from_millis(25));
         }
     }
 }

@@ -196,3 +196,29 @@ async fn the_sidecar_health_port_serves_probes_and_nothing_else() {
     let (s, _) = post(&c, &sc.at("/v1/nodes/inventory/events"), &json!({"type": "x"})).await;
     assert_eq!(s, 202);
 }
+
+/// A webhook that cannot serve (here: its port is taken) stops the operator with an error and
+/// exit code 1 (not ready), as a health port that cannot be bound does, instead of leaving a replica running
+/// that never becomes ready and says why only on /readyz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_cannot_listen_stops_the_operator_with_an_error() {
+    let server = NatsServer::start();
+    let emu = KubeEmulator::start();
+    emu.create_namespace(NS);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut op = OperatorOptions::new(&emu.kubeconfig(), &server.url)
+        .flag("--webhook-addr", &format!("127.0.0.1:{port}"))
+        .flag("--lease-namespace", NS)
+        .named("operator-blocked")
+        .spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while op.is_running() {
+        assert!(std::time::Instant::now() < deadline, "still running with its webhook port taken:\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(op.terminate(Duration::from_secs(1)), Some(1), "{}", op.log());
+    let log = op.log();
+    assert!(log.contains(&format!("cannot listen on 127.0.0.1:{port}")), "the error names the address:\n{log}");
+    drop(taken);
+}
