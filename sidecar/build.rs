@@ -17,14 +17,16 @@ use std::env;
 
 fn main() {
     println!("cargo:rerun-if-changed=link-order.txt");
-    for var in ["CAUSEWAY_PLAIN_LINK", "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER", "RUSTFLAGS"] {
+    for var in ["CAUSEWAY_PLAIN_LINK", "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER", "RUSTC_LINKER", "RUSTFLAGS"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let var = |name: &str| env::var(name).unwrap_or_default();
     let linux_gnu_x86_64 = var("TARGET") == "x86_64-unknown-linux-gnu";
     let optimised = var("PROFILE") == "release";
     let rustflags = var("CARGO_ENCODED_RUSTFLAGS");
-    let own_linker = env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some()
+    // Cargo tells build scripts about a configured linker in RUSTC_LINKER.
+    let own_linker = env::var_os("RUSTC_LINKER").is_some()
+        || env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some()
         || ["linker=", "linker-features", "link-self-contained", "linker-flavor"].iter().any(|f| rustflags.contains(f));
     if !linux_gnu_x86_64 || !optimised || var("CAUSEWAY_PLAIN_LINK") == "1" {
         return;
