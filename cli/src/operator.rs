@@ -293,7 +293,12 @@ pub async fn run(a: OperatorArgs) -> ExitCode {
     let stop = futures::FutureExt::shared(futures::FutureExt::boxed(async move {
         tokio::select! {
             _ = shutdown.wait() => {}
-            _ = webhook_failed.wait_for(Option::is_some) => {}
+            // Without a webhook (or once it stopped cleanly) the sender is gone: nothing to wait for.
+            _ = async {
+                if webhook_failed.wait_for(Option::is_some).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {}
         }
     }));
     // Every replica serves the webhook, leader or not.
