@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    crd::AccessAction,
+    crd::{AccessAction, DeliveryMode},
     names::DnsLabel,
     naming,
     registry::{ListenerRecord, NodeRecord},
@@ -120,6 +120,11 @@ pub fn node_grants(
             // Replaying them into its own part of the source stream. Not deleting them: that
             // right reaches every event of the store (replayed entries are marked instead).
             publish.insert(naming::join_subject(&l.replay_prefix(), ">"));
+            // A pull listener's `term` reads the event back from its source, by sequence, to
+            // dead-letter it (its app holds only an ack token).
+            if l.delivery.mode == DeliveryMode::Pull {
+                read_stream(&mut publish, &l.stream);
+            }
         }
     }
 
@@ -266,7 +271,8 @@ mod tests {
             assert_ne!(p, "$JS.API.>");
             assert!(!p.starts_with("$JS.API.*"), "{p}");
             assert!(!p.starts_with("_INBOX.>") && !p.starts_with("_INBOX.*"), "{p}");
-            assert!(!p.contains(".in."), "{p}: the older inbox layout proves no sender");
+            // `cw.<ns>.in.…`; a listener's own replay subjects (`cw.<ns>.replay.in.…`) are not it.
+            assert_ne!(p.split('.').nth(2), Some("in"), "{p}: the older inbox layout proves no sender");
         }
         for s in [
             "$JS.API.STREAM.CREATE.X",
@@ -408,7 +414,12 @@ mod tests {
         let of_b =
             listener("shop", "of-b", "node: b\nsource: {store: orders}\ndeadLetter: {store: dead-b, subject: x}\n");
         let other_ns = listener("billing", "of-a", "node: a\nsource: {store: ledger}\n");
-        let g = node_grants(&a, &[on_store, on_inbox, of_b, other_ns], &stores);
+        let pulled = listener(
+            "shop",
+            "pulled",
+            "node: a\nsource: {inbox: a}\ndelivery: {mode: pull}\ndeadLetter: {store: dead, subject: p}\n",
+        );
+        let g = node_grants(&a, &[on_store, on_inbox, of_b, other_ns, pulled], &stores);
         assert_never(&g);
         for s in [
             "$JS.API.CONSUMER.INFO.CW_ES_shop_orders.cw_shop_reserve",
@@ -421,6 +432,8 @@ mod tests {
             "$JS.API.DIRECT.GET.CW_ES_shop_dead",
             "$JS.API.STREAM.INFO.CW_ES_shop_dead",
             "cw.shop.replay.es.orders.reserve.any.subject",
+            // A pull listener with a dead letter reads its source back for a `term`.
+            "$JS.API.DIRECT.GET.CW_IN_shop_a",
         ] {
             assert!(g.may_publish(s), "{s}: {g:#?}");
         }

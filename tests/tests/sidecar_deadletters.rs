@@ -365,6 +365,15 @@ spec:
   source: {store: orders}
   startAt: all
   delivery: {mode: pull}
+---
+apiVersion: causeway.dev/v1alpha1
+kind: Listener
+metadata: {name: inbox-pull, namespace: shop}
+spec:
+  node: inventory
+  source: {inbox: inventory}
+  delivery: {mode: pull}
+  deadLetter: {store: dead, subject: inbox-pull}
 "#;
     apply(&server, &format!("{}{extra}", shop(""))).await;
     let app = App::start(|_| (200, json!({}))).await;
@@ -445,5 +454,22 @@ spec:
     assert_eq!(s, 200, "{r}");
     let all = list(c.clone(), inv.at("/v1/listeners/picker/deadletters")).await;
     assert_eq!(all.len(), 1, "the other listener's term wrote no dead letter: {all:?}");
+
+    // An inbox source too (under node credentials: the node reads its own inbox back).
+    let (s, sent) =
+        post(&c, &web.at("/v1/nodes/inventory/events"), &json!({"type": "restock", "payload": {"n": 3}})).await;
+    assert_eq!(s, 202, "{sent}");
+    let evs = fetch("inbox-pull").await;
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let id = sent["id"].as_str().unwrap();
+    let (s, r) = post(&c, &inv.at("/v1/acks"), &json!([{"token": token(&evs, id), "result": "term"}])).await;
+    assert_eq!(s, 200, "{r}");
+    let dls = list(c.clone(), inv.at("/v1/listeners/inbox-pull/deadletters")).await;
+    assert_eq!(dls.len(), 1, "{dls:?}");
+    assert_eq!(
+        (&dls[0]["id"], &dls[0]["sender"], &dls[0]["payload"]["n"]),
+        (&json!(id), &json!("shop/web"), &json!(3))
+    );
+    assert_eq!(dls[0]["deadLetter"]["error"], "the app terminated it");
     drop((inv, web));
 }

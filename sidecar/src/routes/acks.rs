@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use causeway_api::{envelope::Envelope, registry::ListenerRecord};
+use causeway_api::{envelope::Envelope, naming, registry::ListenerRecord};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -66,6 +66,14 @@ async fn dead_letter_termed(state: &State, p: &Planned) -> Result<()> {
     let l = &p.listener;
     if l.dead_letter.is_none() {
         return Ok(());
+    }
+    // A credential issued before this listener had its dead letter cannot read the source yet:
+    // say so at once (the operator reissues it) rather than wait for NATS's silence.
+    if state.creds.as_ref().is_some_and(|c| !c.may_publish(&naming::js_direct_get(&l.stream))) {
+        return Err(Error::Unavailable(format!(
+            "this node's NATS credential may not read {} yet, to dead-letter the termed event; retry once the operator has reissued it",
+            l.stream
+        )));
     }
     let Some(stored) = crate::nats::direct_seq(&state.client, &l.stream, p.sequence).await? else { return Ok(()) };
     let error = match &p.reason {
