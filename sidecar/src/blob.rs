@@ -20,7 +20,7 @@
 use async_nats::{HeaderMap, jetstream};
 use base64::{Engine, engine::general_purpose::URL_SAFE};
 use bytes::Bytes;
-use causeway_api::envelope::{BlobRef, blob_name};
+use causeway_api::envelope::{BlobRef, Envelope, blob_name};
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 use serde_json::json;
@@ -251,6 +251,28 @@ impl Blobs {
             return Err(BlobError::Corrupt(r.name.clone()));
         }
         Ok(buf)
+    }
+
+    /// Reads the payload of an event whose payload is in the blob store back into it. The error
+    /// says whether it is permanent (the blob is gone or does not decode) or may pass (NATS);
+    /// on an error the event is left as it was.
+    pub async fn inline(&self, env: &mut Envelope) -> std::result::Result<(), (bool, String)> {
+        let Some(r) = env.blob.take() else { return Ok(()) };
+        let read = match self.fetch(&r).await {
+            Ok(b) => rmp_serde::from_slice(&b)
+                .map_err(|e| (true, format!("its payload blob {} does not decode: {e}", r.name))),
+            Err(e) => Err((e.is_permanent(), e.to_string())),
+        };
+        match read {
+            Ok(v) => {
+                env.payload = v;
+                Ok(())
+            }
+            Err(e) => {
+                env.blob = Some(r);
+                Err(e)
+            }
+        }
     }
 }
 

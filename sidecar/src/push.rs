@@ -388,28 +388,6 @@ async fn handle(
     gauge.dec();
 }
 
-/// Reads the payload of an event whose payload is in the blob store back into it. The error
-/// says whether it is permanent (the blob is gone or does not decode) or may pass (NATS).
-pub(crate) async fn inline_blob(state: &State, env: &mut Envelope) -> Result<(), (bool, String)> {
-    let Some(r) = env.blob.take() else { return Ok(()) };
-    let read = match state.blobs.fetch(&r).await {
-        Ok(b) => {
-            rmp_serde::from_slice(&b).map_err(|e| (true, format!("its payload blob {} does not decode: {e}", r.name)))
-        }
-        Err(e) => Err((e.is_permanent(), e.to_string())),
-    };
-    match read {
-        Ok(v) => {
-            env.payload = v;
-            Ok(())
-        }
-        Err(e) => {
-            env.blob = Some(r);
-            Err(e)
-        }
-    }
-}
-
 /// The key in the state bucket that marks an event handled by a listener (exactly-once).
 pub fn handled_key(listener: &str, id: &str) -> String {
     let mut k = format!("{RESERVED_KEY_PREFIX}.handled.{listener}.");
@@ -454,7 +432,7 @@ async fn deliver(
         *slot = Some(env);
         return Outcome::Refused { status: None, error };
     }
-    if let Err((permanent, error)) = inline_blob(state, &mut env).await {
+    if let Err((permanent, error)) = state.blobs.inline(&mut env).await {
         *slot = Some(env);
         if permanent {
             state.metrics.undecodable("push");
@@ -467,8 +445,9 @@ async fn deliver(
     // The caller keeps the event (for its trace record and a dead letter); it is read from there.
     let env: &Envelope = slot.insert(env);
 
-    let handled = if l.delivery.exactly_once { handled_key(l.meta.name.as_str(), &env.id) } else { String::new() };
-    let state_kv = if l.delivery.exactly_once {
+    // Exactly-once listeners: the state bucket and the key of this event's handled mark.
+    let marks = if l.delivery.exactly_once {
+        let handled = handled_key(l.meta.name.as_str(), &env.id);
         match state.bucket(&state.state_bucket()).await {
             Ok(kv) => match crate::nats::kv_value(&state.client, &state.state_bucket(), &handled).await {
                 // Handled before (the sidecar stopped before the ack landed): publish the events
@@ -480,7 +459,7 @@ async fn deliver(
                     }
                     return Outcome::Ack("skipped_handled");
                 }
-                Ok(None) => Some(kv),
+                Ok(None) => Some((kv, handled)),
                 Err(e) => return Outcome::Retry { status: None, error: format!("exactly-once check: {e}") },
             },
             Err(e) => return Outcome::Retry { status: None, error: e.to_string() },
@@ -543,7 +522,7 @@ async fn deliver(
                 Ok(b) => b,
                 Err(e) => return Outcome::Retry { status: code, error: e },
             };
-            let Some(kv) = state_kv else {
+            let Some((kv, handled)) = marks else {
                 if let Err(o) = emit(state, env, l, &body).await {
                     return o;
                 }

@@ -53,6 +53,16 @@ spec:
     )
 }
 
+/// A pull listener of node `inventory` on `source` (`store: X` or `inbox: N`) from its start,
+/// with its dead letters on subject `dead_letter` of store `dead`, if given.
+fn pull_listener(name: &str, source: &str, dead_letter: Option<&str>) -> String {
+    let dl = dead_letter.map(|d| format!("\n  deadLetter: {{store: dead, subject: {d}}}")).unwrap_or_default();
+    format!(
+        "---\napiVersion: causeway.dev/v1alpha1\nkind: Listener\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec:\n  node: inventory\n  source: {{{source}}}\n  startAt: all\n  delivery: {{mode: pull}}{dl}\n"
+    )
+}
+
 /// How many 2xx answers the app gave per event id.
 fn handled(app: &App, ok: &dyn Fn(&Received) -> bool) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -179,15 +189,7 @@ async fn a_listener_fixed_after_422s_handles_every_event_once_after_replay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_show_delete_and_precise_errors() {
     let server = NatsServer::start();
-    let extra = r#"---
-apiVersion: causeway.dev/v1alpha1
-kind: Listener
-metadata: {name: plain, namespace: shop}
-spec:
-  node: inventory
-  source: {store: orders}
-  delivery: {mode: pull}
-"#;
+    let extra = pull_listener("plain", "store: orders", None);
     apply(&server, &format!("{}{extra}", shop(""))).await;
     let app = App::start(|r| match r.body["type"].as_str() {
         Some("order-placed") => (422, json!({"error": "no items"})),
@@ -346,35 +348,12 @@ async fn auto_replay_waits_for_the_delay_and_stops_at_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_term_dead_letters_the_event_for_replay() {
     let server = NatsServer::start();
-    let extra = r#"---
-apiVersion: causeway.dev/v1alpha1
-kind: Listener
-metadata: {name: picker, namespace: shop}
-spec:
-  node: inventory
-  source: {store: orders}
-  startAt: all
-  delivery: {mode: pull}
-  deadLetter: {store: dead, subject: picker}
----
-apiVersion: causeway.dev/v1alpha1
-kind: Listener
-metadata: {name: plain, namespace: shop}
-spec:
-  node: inventory
-  source: {store: orders}
-  startAt: all
-  delivery: {mode: pull}
----
-apiVersion: causeway.dev/v1alpha1
-kind: Listener
-metadata: {name: inbox-pull, namespace: shop}
-spec:
-  node: inventory
-  source: {inbox: inventory}
-  delivery: {mode: pull}
-  deadLetter: {store: dead, subject: inbox-pull}
-"#;
+    let extra = [
+        pull_listener("picker", "store: orders", Some("picker")),
+        pull_listener("plain", "store: orders", None),
+        pull_listener("inbox-pull", "inbox: inventory", Some("inbox-pull")),
+    ]
+    .concat();
     apply(&server, &format!("{}{extra}", shop(""))).await;
     let app = App::start(|_| (200, json!({}))).await;
     let p = app.port.to_string();

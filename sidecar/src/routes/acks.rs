@@ -82,7 +82,7 @@ async fn dead_letter_termed(state: &State, p: &Planned) -> Result<()> {
     };
     let mut env = Envelope::decode(&stored.payload).ok();
     if let Some(e) = env.as_mut()
-        && let Err((false, why)) = crate::push::inline_blob(state, e).await
+        && let Err((false, why)) = state.blobs.inline(e).await
     {
         return Err(Error::Unavailable(format!("reading the payload of the event to dead-letter: {why}")));
     }
